@@ -1,0 +1,1 @@
+//! netns-sim: placeholder until the lab lands.
