@@ -1,0 +1,1 @@
+//! The node library (wire types first).
