@@ -1,0 +1,456 @@
+use super::*;
+use proptest::prelude::*;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+fn req(line: &str) -> Result<Request, ParseError> {
+    line.parse()
+}
+
+fn resp(line: &str) -> Result<Response, ParseError> {
+    line.parse()
+}
+
+#[test]
+fn pyp2p_lines_parse() {
+    assert_eq!(
+        req("BOOTSTRAP 5"),
+        Ok(Request::Bootstrap {
+            count: 5,
+            own_port: None
+        })
+    );
+    assert_eq!(
+        req("PASSIVE READY 50500 10"),
+        Ok(Request::PassiveReady {
+            port: 50500,
+            max_inbound: 10
+        })
+    );
+    assert_eq!(
+        req("SIMULTANEOUS READY 0 0"),
+        Ok(Request::SimultaneousReady {
+            port: 0,
+            max_inbound: 0
+        })
+    );
+    assert_eq!(
+        req("SOURCE TCP 34567"),
+        Ok(Request::SourceTcp {
+            text: Some("34567".into())
+        })
+    );
+    assert_eq!(req("SOURCE TCP"), Ok(Request::SourceTcp { text: None }));
+    assert_eq!(
+        req("CANDIDATE 192.168.0.1 TCP 4552 345"),
+        Ok(Request::Candidate {
+            node: NodeTarget::Ip(Ipv4Addr::new(192, 168, 0, 1).into()),
+            proto: Proto::Tcp,
+            ports: vec![4552, 345]
+        })
+    );
+    assert_eq!(
+        req("ACCEPT 192.168.0.1 4552 345 TCP 1412137849.288068"),
+        Ok(Request::Accept {
+            client_ip: Ipv4Addr::new(192, 168, 0, 1).into(),
+            ports: vec![4552, 345],
+            proto: Proto::Tcp,
+            ntp_time: NtpTime::new(1_412_137_849.288_068).unwrap()
+        })
+    );
+    assert_eq!(req("CLEAR"), Ok(Request::Clear { port: None }));
+    assert_eq!(req("QUIT"), Ok(Request::Quit));
+    assert_eq!(
+        resp("NODES p:1.2.3.4:8000 p:5.6.7.8:9000 "),
+        Ok(Response::Nodes(vec![
+            NodeEntry {
+                node_type: NodeType::Passive,
+                addr: "1.2.3.4:8000".parse().unwrap()
+            },
+            NodeEntry {
+                node_type: NodeType::Passive,
+                addr: "5.6.7.8:9000".parse().unwrap()
+            },
+        ]))
+    );
+    assert_eq!(resp("NODES EMPTY"), Ok(Response::Nodes(vec![])));
+    assert_eq!(
+        resp("FIGHT 192.168.0.1 4552 345 34235 TCP 123123123.1"),
+        Ok(Response::Fight {
+            node_ip: Ipv4Addr::new(192, 168, 0, 1).into(),
+            ports: vec![4552, 345, 34235],
+            proto: Proto::Tcp,
+            ntp_time: NtpTime::new(123_123_123.1).unwrap()
+        })
+    );
+}
+
+#[test]
+fn display_matches_pyp2p_bytes() {
+    let nodes = Response::Nodes(vec![NodeEntry {
+        node_type: NodeType::Passive,
+        addr: "1.2.3.4:8000".parse().unwrap(),
+    }]);
+    assert_eq!(nodes.to_string(), "NODES p:1.2.3.4:8000 ");
+    assert_eq!(Response::Nodes(vec![]).to_string(), "NODES EMPTY");
+    assert_eq!(
+        Response::Challenge {
+            client_ip: Ipv4Addr::new(10, 0, 0, 2).into(),
+            ports: vec![1000, 1001],
+            proto: Proto::Tcp
+        }
+        .to_string(),
+        "CHALLENGE 10.0.0.2 1000 1001 TCP"
+    );
+    assert_eq!(
+        Response::RemoteTcp { port: 4242 }.to_string(),
+        "REMOTE TCP 4242"
+    );
+    assert_eq!(Response::PredictionSet.to_string(), "PREDICTION SET");
+    assert_eq!(Response::Reconnect.to_string(), "RECONNECT");
+}
+
+#[test]
+fn tolerant_of_extra_whitespace() {
+    assert_eq!(
+        req("  BOOTSTRAP   7  "),
+        Ok(Request::Bootstrap {
+            count: 7,
+            own_port: None
+        })
+    );
+    assert_eq!(req("QUIT \t"), Ok(Request::Quit));
+}
+
+#[test]
+fn ipv6_entries_and_targets() {
+    let entry: NodeEntry = "p:::1:8000".parse().unwrap();
+    assert_eq!(
+        entry.addr,
+        SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 8000)
+    );
+    assert_eq!(
+        req("CANDIDATE [::1]:9 TCP 1"),
+        Ok(Request::Candidate {
+            node: NodeTarget::Addr("[::1]:9".parse().unwrap()),
+            proto: Proto::Tcp,
+            ports: vec![1]
+        })
+    );
+}
+
+/// One bad line per error variant, with the variant it must produce.
+#[test]
+fn every_error_variant_is_reachable() {
+    assert_eq!(req(""), Err(ParseError::Empty));
+    assert_eq!(req("   "), Err(ParseError::Empty));
+    assert_eq!(resp(""), Err(ParseError::Empty));
+    assert_eq!(
+        req("HELLO world"),
+        Err(ParseError::UnknownCommand("HELLO world".into()))
+    );
+    assert!(matches!(
+        req("BOOTSTRAPX 1"),
+        Err(ParseError::UnknownCommand(_))
+    ));
+    assert!(matches!(resp("WHAT"), Err(ParseError::UnknownCommand(_))));
+    assert_eq!(
+        req("BOOTSTRAP"),
+        Err(ParseError::MissingArgument {
+            command: "BOOTSTRAP",
+            argument: "n"
+        })
+    );
+    assert_eq!(
+        req("QUIT now"),
+        Err(ParseError::ExtraArgument {
+            command: "QUIT",
+            extra: "now".into()
+        })
+    );
+    assert_eq!(
+        req("BOOTSTRAP 101"),
+        Err(ParseError::BadNumber {
+            command: "BOOTSTRAP",
+            argument: "n",
+            value: "101".into(),
+            min: 1,
+            max: 100
+        })
+    );
+    assert!(matches!(
+        req("BOOTSTRAP 0"),
+        Err(ParseError::BadNumber { .. })
+    ));
+    assert!(matches!(
+        req("BOOTSTRAP +5"),
+        Err(ParseError::BadNumber { .. })
+    ));
+    assert!(matches!(
+        req("PASSIVE READY 70000 1"),
+        Err(ParseError::BadNumber { .. })
+    ));
+    assert!(matches!(
+        req("CANDIDATE 1.2.3.4 TCP 0"),
+        Err(ParseError::BadNumber { .. })
+    ));
+    assert_eq!(
+        req("CANDIDATE nothere TCP 1"),
+        Err(ParseError::BadAddress {
+            command: "CANDIDATE",
+            argument: "node_ip",
+            value: "nothere".into()
+        })
+    );
+    assert!(matches!(
+        req("ACCEPT 1.2.3 5 TCP 1"),
+        Err(ParseError::BadAddress { .. })
+    ));
+    assert_eq!(
+        req("CANDIDATE 1.2.3.4 SCTP 5"),
+        Err(ParseError::BadProtocol {
+            command: "CANDIDATE",
+            value: "SCTP".into()
+        })
+    );
+    assert_eq!(
+        req("CANDIDATE 1.2.3.4 TCP"),
+        Err(ParseError::PortCount {
+            command: "CANDIDATE",
+            count: 0,
+            max: MAX_PREDICTED_PORTS
+        })
+    );
+    let many = vec!["1"; MAX_PREDICTED_PORTS + 1].join(" ");
+    assert!(matches!(
+        req(&format!("ACCEPT 1.2.3.4 {many} TCP 5")),
+        Err(ParseError::PortCount { count: 33, .. })
+    ));
+    assert!(matches!(
+        req(&format!("CANDIDATE 1.2.3.4 TCP {many}")),
+        Err(ParseError::PortCount { count: 33, .. })
+    ));
+    assert!(matches!(
+        resp("CHALLENGE 1.2.3.4 TCP"),
+        Err(ParseError::PortCount { count: 0, .. })
+    ));
+    assert_eq!(
+        req("ACCEPT 1.2.3.4 5 TCP soon"),
+        Err(ParseError::BadTime {
+            command: "ACCEPT",
+            value: "soon".into()
+        })
+    );
+    assert!(matches!(
+        resp("FIGHT 1.2.3.4 5 TCP -1"),
+        Err(ParseError::BadTime { .. })
+    ));
+    assert!(matches!(
+        resp("FIGHT 1.2.3.4 5 TCP 1.2.3"),
+        Err(ParseError::BadTime { .. })
+    ));
+    assert_eq!(
+        resp("NODES x:1.2.3.4:5"),
+        Err(ParseError::BadNodeEntry("x:1.2.3.4:5".into()))
+    );
+    assert!(matches!(
+        resp("NODES p:1.2.3.4"),
+        Err(ParseError::BadNodeEntry(_))
+    ));
+    assert!(matches!(
+        resp("NODES p:1.2.3.4:99999"),
+        Err(ParseError::BadNodeEntry(_))
+    ));
+    assert!(matches!(
+        resp("NODES pp:1.2.3.4:1"),
+        Err(ParseError::BadNodeEntry(_))
+    ));
+    assert!(matches!(
+        resp("NODES"),
+        Err(ParseError::MissingArgument { .. })
+    ));
+    assert!(matches!(
+        resp("NODES EMPTY p:1.2.3.4:1"),
+        Err(ParseError::ExtraArgument { .. })
+    ));
+    let long = "x".repeat(MAX_TEXT_BYTES + 1);
+    assert_eq!(
+        req(&format!("SOURCE TCP {long}")),
+        Err(ParseError::BadText {
+            command: "SOURCE TCP",
+            len: MAX_TEXT_BYTES + 1,
+            max: MAX_TEXT_BYTES
+        })
+    );
+    assert!(matches!(
+        resp("ERROR a\nb"),
+        Err(ParseError::BadText { .. })
+    ));
+}
+
+#[test]
+fn error_messages_name_the_value() {
+    assert_eq!(
+        req("BOOTSTRAP 500").unwrap_err().to_string(),
+        "BOOTSTRAP: <n> must be an integer in 1..=100, got \"500\""
+    );
+    assert_eq!(
+        req("FOO").unwrap_err().to_string(),
+        "unknown command: \"FOO\""
+    );
+}
+
+#[test]
+fn error_reply_is_one_bounded_line() {
+    let reason = format!("bad {}\r\n{}", "\u{7}", "é".repeat(MAX_TEXT_BYTES));
+    let Response::Error(text) = Response::error(&reason) else {
+        panic!("not an error")
+    };
+    assert!(text.len() <= MAX_TEXT_BYTES);
+    assert!(!text.contains(['\r', '\n', '\u{7}']));
+    assert_eq!(
+        resp(&Response::Error(text.clone()).to_string()),
+        Ok(Response::Error(text))
+    );
+}
+
+fn ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(|b| IpAddr::from(b)),
+        any::<[u8; 16]>().prop_map(|b| IpAddr::from(b)),
+    ]
+}
+
+fn port() -> impl Strategy<Value = u16> {
+    1..=u16::MAX
+}
+
+fn ports() -> impl Strategy<Value = Vec<u16>> {
+    proptest::collection::vec(port(), 1..=MAX_PREDICTED_PORTS)
+}
+
+fn proto() -> impl Strategy<Value = Proto> {
+    prop_oneof![Just(Proto::Tcp), Just(Proto::Udp)]
+}
+
+fn ntp_time() -> impl Strategy<Value = NtpTime> {
+    prop_oneof![
+        (0u64..4_000_000_000).prop_map(|s| NtpTime::new(s as f64).unwrap()),
+        (0.0f64..1e12).prop_map(|s| NtpTime::new(s).unwrap()),
+        any::<f64>().prop_filter_map("finite, >= 0", |s| NtpTime::new(s.abs())),
+    ]
+}
+
+fn text() -> impl Strategy<Value = String> {
+    "[^\r\n]{0,64}"
+}
+
+fn node_type() -> impl Strategy<Value = NodeType> {
+    prop_oneof![
+        Just(NodeType::Passive),
+        Just(NodeType::Active),
+        Just(NodeType::Simultaneous)
+    ]
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (1..=MAX_BOOTSTRAP, proptest::option::of(port()))
+            .prop_map(|(count, own_port)| Request::Bootstrap { count, own_port }),
+        (any::<u16>(), any::<u32>())
+            .prop_map(|(port, max_inbound)| Request::PassiveReady { port, max_inbound }),
+        (any::<u16>(), any::<u32>())
+            .prop_map(|(port, max_inbound)| Request::SimultaneousReady { port, max_inbound }),
+        proptest::option::of(text()).prop_map(|text| Request::SourceTcp { text }),
+        (
+            prop_oneof![
+                ip().prop_map(NodeTarget::Ip),
+                (ip(), any::<u16>()).prop_map(|(ip, p)| NodeTarget::Addr(SocketAddr::new(ip, p)))
+            ],
+            proto(),
+            ports()
+        )
+            .prop_map(|(node, proto, ports)| Request::Candidate { node, proto, ports }),
+        (ip(), ports(), proto(), ntp_time()).prop_map(|(client_ip, ports, proto, ntp_time)| {
+            Request::Accept {
+                client_ip,
+                ports,
+                proto,
+                ntp_time,
+            }
+        }),
+        proptest::option::of(any::<u16>()).prop_map(|port| Request::Clear { port }),
+        Just(Request::Quit),
+    ]
+}
+
+fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        proptest::collection::vec(
+            (node_type(), ip(), any::<u16>()).prop_map(|(node_type, ip, port)| NodeEntry {
+                node_type,
+                addr: SocketAddr::new(ip, port)
+            }),
+            0..=usize::from(MAX_BOOTSTRAP)
+        )
+        .prop_map(Response::Nodes),
+        any::<u16>().prop_map(|port| Response::RemoteTcp { port }),
+        Just(Response::PredictionSet),
+        (ip(), ports(), proto()).prop_map(|(client_ip, ports, proto)| Response::Challenge {
+            client_ip,
+            ports,
+            proto
+        }),
+        (ip(), ports(), proto(), ntp_time()).prop_map(|(node_ip, ports, proto, ntp_time)| {
+            Response::Fight {
+                node_ip,
+                ports,
+                proto,
+                ntp_time,
+            }
+        }),
+        Just(Response::Reconnect),
+        text().prop_map(Response::Error),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn every_request_round_trips(r in request()) {
+        let line = r.to_string();
+        prop_assert!(!line.contains(['\r', '\n']));
+        prop_assert_eq!(line.parse::<Request>(), Ok(r));
+    }
+
+    #[test]
+    fn every_response_round_trips(r in response()) {
+        let line = r.to_string();
+        prop_assert!(!line.contains(['\r', '\n']));
+        prop_assert_eq!(line.parse::<Response>(), Ok(r));
+    }
+
+    /// Arbitrary text never panics either parser.
+    #[test]
+    fn arbitrary_lines_never_panic(line in "\\PC{0,200}") {
+        let _ = line.parse::<Request>();
+        let _ = line.parse::<Response>();
+    }
+
+    /// Lines built from protocol words in random order never panic and, when they parse,
+    /// display to something that parses to the same value.
+    #[test]
+    fn word_salad_is_stable(words in proptest::collection::vec(prop_oneof![
+        Just("BOOTSTRAP"), Just("PASSIVE"), Just("READY"), Just("SOURCE"), Just("TCP"),
+        Just("UDP"), Just("CANDIDATE"), Just("ACCEPT"), Just("CLEAR"), Just("QUIT"),
+        Just("1.2.3.4"), Just("::1"), Just("[::1]:5"), Just("0"), Just("5"), Just("65536"),
+        Just("1.5"), Just("NODES"), Just("EMPTY"), Just("p:1.2.3.4:5"), Just("FIGHT"),
+        Just("CHALLENGE"), Just("ERROR"), Just("REMOTE"), Just("PREDICTION"), Just("SET"),
+    ], 0..8)) {
+        let line = words.join(" ");
+        if let Ok(r) = line.parse::<Request>() {
+            prop_assert_eq!(r.to_string().parse::<Request>(), Ok(r));
+        }
+        if let Ok(r) = line.parse::<Response>() {
+            prop_assert_eq!(r.to_string().parse::<Response>(), Ok(r));
+        }
+    }
+}
