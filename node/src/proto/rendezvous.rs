@@ -616,7 +616,7 @@ impl FromStr for Request {
             };
             let proto = w.proto()?;
             let mut ports = Vec::new();
-            while let Some(word) = w.iter.next() {
+            for word in w.iter.by_ref() {
                 if ports.len() == MAX_PREDICTED_PORTS {
                     return Err(ParseError::PortCount {
                         command: "CANDIDATE",

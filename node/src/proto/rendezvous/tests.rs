@@ -1,3 +1,5 @@
+#![allow(clippy::too_many_lines)]
+
 use super::*;
 use proptest::prelude::*;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -315,8 +317,8 @@ fn error_reply_is_one_bounded_line() {
 
 fn ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
-        any::<[u8; 4]>().prop_map(|b| IpAddr::from(b)),
-        any::<[u8; 16]>().prop_map(|b| IpAddr::from(b)),
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u8; 16]>().prop_map(IpAddr::from),
     ]
 }
 
@@ -334,7 +336,7 @@ fn proto() -> impl Strategy<Value = Proto> {
 
 fn ntp_time() -> impl Strategy<Value = NtpTime> {
     prop_oneof![
-        (0u64..4_000_000_000).prop_map(|s| NtpTime::new(s as f64).unwrap()),
+        (0u32..u32::MAX).prop_map(|s| NtpTime::new(f64::from(s)).unwrap()),
         (0.0f64..1e12).prop_map(|s| NtpTime::new(s).unwrap()),
         any::<f64>().prop_filter_map("finite, >= 0", |s| NtpTime::new(s.abs())),
     ]
