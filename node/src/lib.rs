@@ -6,3 +6,4 @@
 //! parser for every wire type.
 
 pub mod proto;
+pub mod units;

@@ -1,0 +1,357 @@
+//! The mio event loop: translates socket readiness into [`Core`] calls and carries out its
+//! [`Action`]s. It never looks at protocol verbs.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::core::{Action, ConnId, Core, Stats};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+/// After running out of file descriptors, wait this long before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often the "out of file descriptors" warning may repeat.
+const FD_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Stops a running [`Server`] from another thread (or a signal handler thread).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ShutdownHandle {
+    /// Asks the server to stop: it stops accepting, flushes what it can and closes every
+    /// connection. Returns at once; [`Server::run`] returns when done.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            warn!("could not wake the event loop for shutdown: {e}");
+        }
+    }
+}
+
+/// A rendezvous server bound to a listener, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    core: Core,
+    streams: Vec<Option<TcpStream>>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    accept_paused_until: Option<Instant>,
+    last_fd_warning: Option<Instant>,
+    fd_refusals: u64,
+}
+
+impl Server {
+    /// Wraps an already bound listener (so a test can bind `127.0.0.1:0`).
+    pub fn new(listener: std::net::TcpListener, config: Config) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Server {
+            poll,
+            listener,
+            local_addr,
+            core: Core::new(config, Instant::now(), SystemTime::now()),
+            streams: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            accept_paused_until: None,
+            last_fd_warning: None,
+            fd_refusals: 0,
+        })
+    }
+
+    /// Binds `addr` and wraps it.
+    pub fn bind(addr: SocketAddr, config: Config) -> io::Result<Server> {
+        Server::new(std::net::TcpListener::bind(addr)?, config)
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that stops the server from elsewhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            stop: Arc::clone(&self.stop),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+
+    /// Runs the event loop until [`ShutdownHandle::shutdown`]; returns the final counters.
+    pub fn run(mut self) -> io::Result<Stats> {
+        let mut events = Events::with_capacity(1024);
+        let mut buf = vec![0u8; READ_BUFFER_BYTES];
+        info!(addr = %self.local_addr, "rendezvous listening");
+        while !self.stop.load(Ordering::SeqCst) {
+            let timeout = self.next_wakeup().map(|t| {
+                t.saturating_duration_since(Instant::now())
+            });
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            for event in &events {
+                match event.token() {
+                    LISTENER => self.accept_all(now),
+                    WAKER => {}
+                    Token(id) => {
+                        let id = ConnId(id);
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(now, id, &mut buf);
+                        }
+                        if event.is_writable() {
+                            self.flush(id);
+                        }
+                    }
+                }
+                self.carry_out_actions();
+            }
+            if self.accept_paused_until.is_some_and(|t| now >= t) {
+                self.accept_paused_until = None;
+                self.accept_all(now);
+            }
+            self.core.handle_timeout(now);
+            self.carry_out_actions();
+        }
+        self.shutdown_connections();
+        let stats = self.core.stats();
+        info!(
+            accepted = stats.accepted,
+            refused = stats.refused,
+            lines = stats.lines,
+            bad_lines = stats.bad_lines,
+            "rendezvous stopped"
+        );
+        Ok(stats)
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let sweep = self.core.poll_timeout();
+        Some(match self.accept_paused_until {
+            Some(t) => t.min(sweep),
+            None => sweep,
+        })
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.admit(now, stream, peer),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if is_fd_exhaustion(&e) => {
+                    self.fd_refusals += 1;
+                    let due = self
+                        .last_fd_warning
+                        .is_none_or(|t| now.saturating_duration_since(t) >= FD_WARNING_INTERVAL);
+                    if due {
+                        warn!(
+                            open = self.core.stats().open,
+                            waiting_refusals = self.fd_refusals,
+                            "out of file descriptors ({e}); new connections wait in the backlog \
+                             (raise `ulimit -n` or lower --max-connections)"
+                        );
+                        self.last_fd_warning = Some(now);
+                        self.fd_refusals = 0;
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends concern one client only.
+                    debug!("accept failed: {e}");
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, now: Instant, mut stream: TcpStream, peer: SocketAddr) {
+        match self.core.handle_open(now, peer) {
+            Ok(id) => {
+                if let Err(e) = self.poll.registry().register(
+                    &mut stream,
+                    Token(id.0),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    warn!(%peer, "could not register connection: {e}");
+                    self.core.handle_eof(id);
+                    self.core.handle_closed(id);
+                    // Drop the Close action that handle_eof queued.
+                    while self.core.poll_action().is_some() {}
+                    return;
+                }
+                if self.streams.len() <= id.0 {
+                    self.streams.resize_with(id.0 + 1, || None);
+                }
+                // Nagle would delay small replies behind the client's delayed ACK.
+                let _ = stream.set_nodelay(true);
+                self.streams[id.0] = Some(stream);
+            }
+            Err(refusal) => {
+                debug!(%peer, %refusal, "connection refused");
+                let _ = stream.write_all(format!("ERROR {refusal}\r\n").as_bytes());
+            }
+        }
+    }
+
+    fn read(&mut self, now: Instant, id: ConnId, buf: &mut [u8]) {
+        loop {
+            let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
+                return;
+            };
+            match stream.read(buf) {
+                Ok(0) => {
+                    self.core.handle_eof(id);
+                    return;
+                }
+                Ok(n) => {
+                    self.core.handle_data(now, id, &buf[..n]);
+                    // A short read emptied the socket's receive queue, so the next data raises
+                    // a new edge: no need for the extra read that would return WouldBlock.
+                    if n < buf.len() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!(conn = id.0, "read failed: {e}");
+                    self.core.handle_eof(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes as much pending output as the socket takes. Returns false if the socket failed.
+    fn flush(&mut self, id: ConnId) -> bool {
+        let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
+            return false;
+        };
+        loop {
+            let pending = self.core.pending_output(id);
+            if pending.is_empty() {
+                return true;
+            }
+            match stream.write(pending) {
+                Ok(n) => self.core.consume_output(id, n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!(conn = id.0, "write failed: {e}");
+                    self.core.handle_eof(id);
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn carry_out_actions(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Flush(id) => {
+                    self.flush(id);
+                }
+                Action::Close(id) => self.close(id),
+            }
+        }
+    }
+
+    fn close(&mut self, id: ConnId) {
+        self.flush(id);
+        if let Some(mut stream) = self.streams.get_mut(id.0).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        self.core.handle_closed(id);
+    }
+
+    fn shutdown_connections(&mut self) {
+        let open = self.core.open_connections();
+        info!(connections = open.len(), "shutting down");
+        for id in open {
+            self.core.handle_eof(id);
+        }
+        self.carry_out_actions();
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// A server running on its own thread; stopped and joined on drop. Meant for tests and benches.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    handle: ShutdownHandle,
+    thread: Option<JoinHandle<io::Result<Stats>>>,
+}
+
+impl RunningServer {
+    /// Binds `addr` (use port 0 for any) and runs the server on a new thread.
+    pub fn start(addr: SocketAddr, config: Config) -> io::Result<RunningServer> {
+        let server = Server::bind(addr, config)?;
+        let addr = server.local_addr();
+        let handle = server.shutdown_handle();
+        let thread = std::thread::Builder::new()
+            .name(format!("rendezvous-{addr}"))
+            .spawn(move || server.run())?;
+        Ok(RunningServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops it and returns its final counters.
+    pub fn stop(mut self) -> io::Result<Stats> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> io::Result<Stats> {
+        self.handle.shutdown();
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| io::Error::other("rendezvous thread panicked"))?,
+            None => Ok(Stats::default()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
