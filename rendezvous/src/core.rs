@@ -15,9 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use node::proto::line::{LineError, LineFramer};
-use node::proto::rendezvous::{
-    NodeEntry, NodeTarget, NodeType, NtpTime, Proto, Request, Response,
-};
+use node::proto::rendezvous::{NodeEntry, NodeTarget, NodeType, NtpTime, Proto, Request, Response};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tracing::{debug, info};
@@ -423,14 +421,15 @@ impl Core {
         let Some(conn) = self.live_conn(id) else {
             return;
         };
-        let was_empty = conn.out.is_empty();
+        let before = conn.out.len();
         // Writing into a Vec cannot fail.
         let _ = write!(conn.out, "{response}\r\n");
         if conn.out.len() > limit {
+            conn.out.truncate(before);
             self.close(id, "not reading its replies (output cap reached)");
             return;
         }
-        if was_empty {
+        if before == 0 {
             self.actions.push_back(Action::Flush(id));
         }
     }
@@ -500,7 +499,10 @@ impl Core {
             self.refuse(id, "PASSIVE READY: port must be in 1..=65535, got 0");
             return;
         }
-        let key = NodeKey { ip: peer.ip(), port };
+        let key = NodeKey {
+            ip: peer.ip(),
+            port,
+        };
         if let Some(&i) = self.passive_index.get(&key) {
             self.passive[i].registered_at = now;
             return;
@@ -573,12 +575,15 @@ impl Core {
                 self.refuse(id, &text);
                 return;
             }
-            self.simultaneous.entry(key.ip).or_default().push(Simultaneous {
-                port,
-                refreshed_at: now,
-                conn: Some(id),
-                candidates: Vec::new(),
-            });
+            self.simultaneous
+                .entry(key.ip)
+                .or_default()
+                .push(Simultaneous {
+                    port,
+                    refreshed_at: now,
+                    conn: Some(id),
+                    candidates: Vec::new(),
+                });
             self.simultaneous_count += 1;
             debug!(node = %key, "simultaneous node registered");
             None
@@ -746,7 +751,10 @@ impl Core {
             return;
         };
         let Some(i) = node.candidates.iter().rposition(|c| c.ip == client_ip) else {
-            self.refuse(id, &format!("ACCEPT: no pending candidate from {client_ip}"));
+            self.refuse(
+                id,
+                &format!("ACCEPT: no pending candidate from {client_ip}"),
+            );
             return;
         };
         let candidate = node.candidates.remove(i);
@@ -768,7 +776,11 @@ impl Core {
     fn clear(&mut self, ip: IpAddr, port: Option<u16>) {
         let passive_ports: Vec<u16> = match port {
             Some(p) => vec![p],
-            None => self.passive_ports_by_ip.get(&ip).cloned().unwrap_or_default(),
+            None => self
+                .passive_ports_by_ip
+                .get(&ip)
+                .cloned()
+                .unwrap_or_default(),
         };
         for p in passive_ports {
             self.remove_passive(NodeKey { ip, port: p });
@@ -789,7 +801,13 @@ impl Core {
             self.simultaneous.remove(&ip);
         }
         for node in removed {
-            self.forget_simultaneous(NodeKey { ip, port: node.port }, node);
+            self.forget_simultaneous(
+                NodeKey {
+                    ip,
+                    port: node.port,
+                },
+                node,
+            );
         }
     }
 
@@ -829,7 +847,10 @@ impl Core {
             let mut i = 0;
             while i < nodes.len() {
                 let node = &mut nodes[i];
-                let key = NodeKey { ip, port: node.port };
+                let key = NodeKey {
+                    ip,
+                    port: node.port,
+                };
                 node.candidates.retain(|c| {
                     let keep = now.saturating_duration_since(c.created_at) <= candidate_lifetime;
                     if !keep {

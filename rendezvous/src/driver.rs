@@ -104,9 +104,9 @@ impl Server {
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
         info!(addr = %self.local_addr, "rendezvous listening");
         while !self.stop.load(Ordering::SeqCst) {
-            let timeout = self.next_wakeup().map(|t| {
-                t.saturating_duration_since(Instant::now())
-            });
+            let timeout = self
+                .next_wakeup()
+                .map(|t| t.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
