@@ -44,8 +44,8 @@ mod tests {
     #[test]
     fn units() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_mins(5)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_hours(48)));
         assert!(parse_duration("5 weeks").unwrap_err().contains("unit"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1e400").is_err());

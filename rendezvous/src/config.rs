@@ -42,13 +42,13 @@ impl Default for Config {
             max_connections_per_ip: 256,
             max_registrations_per_ip: 64,
             max_candidates_per_node: 100,
-            node_lifetime: Duration::from_secs(24 * 60 * 60),
-            candidate_lifetime: Duration::from_secs(120),
-            idle_timeout: Duration::from_secs(120),
+            node_lifetime: Duration::from_hours(24),
+            candidate_lifetime: Duration::from_mins(2),
+            idle_timeout: Duration::from_mins(2),
             max_line_bytes: 4096,
             max_output_bytes: 64 * 1024,
             max_bad_lines: 16,
-            ntp_tolerance: Duration::from_secs(600),
+            ntp_tolerance: Duration::from_mins(10),
             seed: None,
         }
     }

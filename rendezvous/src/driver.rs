@@ -104,9 +104,7 @@ impl Server {
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
         info!(addr = %self.local_addr, "rendezvous listening");
         while !self.stop.load(Ordering::SeqCst) {
-            let timeout = self
-                .next_wakeup()
-                .map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = Some(self.next_wakeup().saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -148,12 +146,12 @@ impl Server {
         Ok(stats)
     }
 
-    fn next_wakeup(&self) -> Option<Instant> {
+    fn next_wakeup(&self) -> Instant {
         let sweep = self.core.poll_timeout();
-        Some(match self.accept_paused_until {
+        match self.accept_paused_until {
             Some(t) => t.min(sweep),
             None => sweep,
-        })
+        }
     }
 
     fn accept_all(&mut self, now: Instant) {

@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 /// (SOURCE TCP) and to coordinate TCP hole punching (CANDIDATE / ACCEPT / FIGHT). One thread,
 /// one event loop; every limit below protects the server from a single misbehaving client.
 ///
-/// Logs go to stderr; set RUST_LOG=debug for one line per connection event.
+/// Logs go to stderr; set `RUST_LOG=debug` for one line per connection event.
 /// Stop with Ctrl-C or SIGTERM: connections are flushed and closed.
 ///
 /// Example: rendezvous --listen 0.0.0.0:8000

@@ -315,7 +315,7 @@ fn candidates_expire_and_waiting_candidates_are_not_idle() {
     h.line(node, "SIMULTANEOUS READY 0 0");
     let cand = h.open("10.0.0.2:2000");
     h.line(cand, "CANDIDATE 10.0.0.1 TCP 3000");
-    h.advance(Duration::from_secs(60));
+    h.advance(Duration::from_mins(1));
     assert!(
         h.closed.is_empty(),
         "a node and a waiting candidate are held"
