@@ -8,7 +8,8 @@
 //!   - full-cone, restricted-cone, port-restricted: `masquerade` (port-preserving when free,
 //!     so one internal ip:port keeps one external port for every destination).
 //!   - symmetric: `masquerade fully-random` (a random port per new connection).
-//!   - sequential: `snat to WAN:numgen inc mod 45000 offset 20000` (20000, 20001, ...).
+//!   - sequential: `snat to WAN:numgen inc mod 1000 map { 0 : 20000, 1 : 20001, .. }`: each
+//!     new connection through the router gets the next port (20000, 20001, ..., 20999, 20000).
 //! - full-cone and restricted-cone also record every outbound mapping, after SNAT, in a
 //!   dynamic map (`record` chain at `srcnat + 10`), and `prerouting` DNATs new inbound
 //!   packets through that map: keyed by external port only (full cone: anyone may come in)
@@ -28,6 +29,8 @@ pub const WAN_IF: &str = "wan";
 pub const LAN_IF: &str = "lan";
 /// First external port of the `sequential` NAT.
 pub const SEQUENTIAL_FIRST_PORT: u16 = 20000;
+/// How many ports the `sequential` NAT cycles through (20000..=20999, then 20000 again).
+pub const SEQUENTIAL_PORTS: u16 = 1000;
 /// How long full-cone/restricted-cone mappings outlive their last outbound packet.
 pub const CONE_MAPPING_TIMEOUT_SECS: u32 = 300;
 
@@ -81,10 +84,17 @@ pub fn router_ruleset(kind: NatKind, wan: Ipv4Addr) -> String {
     }
     let translate = match kind {
         NatKind::Symmetric => format!("oifname \"{WAN_IF}\" masquerade fully-random"),
-        NatKind::Sequential => format!(
-            "oifname \"{WAN_IF}\" meta l4proto {{ tcp, udp }} snat ip to {wan} : numgen inc mod {} offset {SEQUENTIAL_FIRST_PORT}\n    oifname \"{WAN_IF}\" masquerade",
-            65535 - u32::from(SEQUENTIAL_FIRST_PORT)
-        ),
+        NatKind::Sequential => {
+            // `numgen` yields a host-order integer while a NAT port is big-endian, and nft
+            // does not convert (20000 came out as port 8270): go through a map instead.
+            let ports: Vec<String> = (0..SEQUENTIAL_PORTS)
+                .map(|i| format!("{i} : {}", SEQUENTIAL_FIRST_PORT + i))
+                .collect();
+            format!(
+                "oifname \"{WAN_IF}\" meta l4proto {{ tcp, udp }} snat ip to {wan} : numgen inc mod {SEQUENTIAL_PORTS} map {{ {} }}\n    oifname \"{WAN_IF}\" masquerade",
+                ports.join(", ")
+            )
+        }
         _ => format!("oifname \"{WAN_IF}\" masquerade"),
     };
     let _ = writeln!(
@@ -158,7 +168,7 @@ mod tests {
     #[test]
     fn mapping_rules_match_kind() {
         assert!(router_ruleset(NatKind::Symmetric, WAN).contains("masquerade fully-random"));
-        assert!(router_ruleset(NatKind::Sequential, WAN).contains("numgen inc mod 45535 offset 20000"));
+        assert!(router_ruleset(NatKind::Sequential, WAN).contains("numgen inc mod 1000 map { 0 : 20000, 1 : 20001,"));
         let pr = router_ruleset(NatKind::PortRestricted, WAN);
         assert!(pr.contains("masquerade\n") && !pr.contains("map"));
         let fc = router_ruleset(NatKind::FullCone, WAN);

@@ -83,7 +83,7 @@ pub enum NatKind {
     /// `masquerade fully-random`.
     Symmetric,
     /// Endpoint-dependent mapping with sequential ports (each new connection gets the previous
-    /// external port + 1, from 20000), for port-prediction tests: `snat` to `numgen inc`.
+    /// external port + 1, 20000 to 20999), for port-prediction tests: `snat` to `numgen inc`.
     Sequential,
     /// No translation and no filtering: a plain router, its LAN is routed from the internet.
     None,
