@@ -336,7 +336,10 @@ impl Lab {
         let existing = sys::list_netns()?;
         namespaces.retain(|ns| existing.contains(ns));
         // Only kill recorded pids that still live in one of our namespaces (pids get reused).
-        let mut in_ns: Vec<u32> = namespaces.iter().flat_map(|ns| sys::netns_pids(ns)).collect();
+        let mut in_ns: Vec<u32> = namespaces
+            .iter()
+            .flat_map(|ns| sys::netns_pids(ns))
+            .collect();
         pids.retain(|p| in_ns.contains(p));
         in_ns.extend(pids);
         in_ns.sort_unstable();
@@ -466,19 +469,23 @@ impl Lab {
     }
 
     /// A [`Command`] that runs `program` inside `host`'s namespace (stdio inherited by default).
-    pub fn command(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command, LabError> {
+    pub fn command(
+        &self,
+        host: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Result<Command, LabError> {
         Ok(sys::in_netns(&self.namespace(host)?, program))
     }
 
     /// Runs `argv` in `host` to completion and returns its output, whatever its exit status.
     pub fn exec(&self, host: &str, argv: &[&str]) -> Result<Output, LabError> {
-        let (program, args) = argv.split_first().ok_or_else(|| LabError::Process {
+        let (program, rest) = argv.split_first().ok_or_else(|| LabError::Process {
             host: host.to_owned(),
             cmd: String::new(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
         })?;
         let mut cmd = self.command(host, program)?;
-        cmd.args(args).stdin(Stdio::null());
+        cmd.args(rest).stdin(Stdio::null());
         cmd.output().map_err(|source| LabError::Process {
             host: host.to_owned(),
             cmd: argv.join(" "),
@@ -553,7 +560,11 @@ impl Lab {
     /// A human-readable table of hosts, addresses, NAT kinds and daemons.
     pub fn status_text(&self) -> String {
         let s = &self.state;
-        let mut out = format!("lab {} (state {})\n", s.prefix, state_path(&self.run_dir, &s.prefix).display());
+        let mut out = format!(
+            "lab {} (state {})\n",
+            s.prefix,
+            state_path(&self.run_dir, &s.prefix).display()
+        );
         let _ = writeln!(
             out,
             "  {:<8} {:<8} {:<16} {:<20} {:<16} namespace",
@@ -571,8 +582,15 @@ impl Lab {
                 Role::Private => format!("behind {}", h.router.as_deref().unwrap_or("?")),
             };
             let lan = match h.role {
-                Role::Router => format!("{} ({})", h.lan.map(|l| l.to_string()).unwrap_or_default(), h.lan_addr.map(|a| a.to_string()).unwrap_or_default()),
-                Role::Private => format!("gw {}", h.lan_addr.map(|a| a.to_string()).unwrap_or_default()),
+                Role::Router => format!(
+                    "{} ({})",
+                    h.lan.map(|l| l.to_string()).unwrap_or_default(),
+                    h.lan_addr.map(|a| a.to_string()).unwrap_or_default()
+                ),
+                Role::Private => format!(
+                    "gw {}",
+                    h.lan_addr.map(|a| a.to_string()).unwrap_or_default()
+                ),
                 Role::Public => "-".to_owned(),
             };
             let _ = writeln!(
@@ -590,7 +608,11 @@ impl Lab {
             out.push_str("  daemons: none\n");
         }
         for d in &s.daemons {
-            let alive = if sys::pid_alive(d.pid) { "running" } else { "DEAD" };
+            let alive = if sys::pid_alive(d.pid) {
+                "running"
+            } else {
+                "DEAD"
+            };
             let _ = writeln!(
                 out,
                 "  daemon {} on {} pid {} {} (log {})",
@@ -636,52 +658,44 @@ impl Lab {
                 &format!("net.ipv4.ip_forward={forward}"),
             ]))?;
         }
-        sys::ip_in(&sw, &["link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+        sys::ip_in(
+            &sw,
+            &[
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
         sys::ip_in(&sw, &["link", "set", "br0", "up"])?;
         let hosts = self.state.hosts.clone();
         let len = internet.prefix_len().to_string();
-        let mut port = 0;
-        for h in hosts.iter().filter(|h| h.role != Role::Private) {
+        for (port, h) in hosts.iter().filter(|h| h.role != Role::Private).enumerate() {
             let ns = self.ns(&h.name);
-            let ifname = if h.role == Role::Router { nat::WAN_IF } else { "eth0" };
+            let ifname = if h.role == Role::Router {
+                nat::WAN_IF
+            } else {
+                "eth0"
+            };
             let p = format!("p{port}");
-            port += 1;
-            sys::ip_in(&sw, &["link", "add", &p, "type", "veth", "peer", "name", ifname, "netns", &ns])?;
+            sys::ip_in(
+                &sw,
+                &[
+                    "link", "add", &p, "type", "veth", "peer", "name", ifname, "netns", &ns,
+                ],
+            )?;
             sys::ip_in(&sw, &["link", "set", &p, "master", "br0", "up"])?;
-            sys::ip_in(&ns, &["addr", "add", &format!("{}/{len}", h.addr), "dev", ifname])?;
+            sys::ip_in(
+                &ns,
+                &["addr", "add", &format!("{}/{len}", h.addr), "dev", ifname],
+            )?;
             sys::ip_in(&ns, &["link", "set", ifname, "up"])?;
         }
         for r in hosts.iter().filter(|h| h.role == Role::Router) {
-            let ns = self.ns(&r.name);
-            let (Some(lan), Some(gw)) = (r.lan, r.lan_addr) else {
-                continue;
-            };
-            let lan_len = lan.prefix_len().to_string();
-            sys::ip_in(&ns, &["link", "add", nat::LAN_IF, "type", "bridge", "mcast_snooping", "0"])?;
-            sys::ip_in(&ns, &["addr", "add", &format!("{gw}/{lan_len}"), "dev", nat::LAN_IF])?;
-            sys::ip_in(&ns, &["link", "set", nat::LAN_IF, "up"])?;
-            let lan_hosts = hosts
-                .iter()
-                .filter(|h| h.router.as_deref() == Some(r.name.as_str()));
-            for (j, h) in lan_hosts.enumerate() {
-                let hns = self.ns(&h.name);
-                let l = format!("l{j}");
-                sys::ip_in(&ns, &["link", "add", &l, "type", "veth", "peer", "name", "eth0", "netns", &hns])?;
-                sys::ip_in(&ns, &["link", "set", &l, "master", nat::LAN_IF, "up"])?;
-                sys::ip_in(&hns, &["addr", "add", &format!("{}/{lan_len}", h.addr), "dev", "eth0"])?;
-                sys::ip_in(&hns, &["link", "set", "eth0", "up"])?;
-                sys::ip_in(&hns, &["route", "add", "default", "via", &gw.to_string()])?;
-            }
-            sys::run_with_input(
-                sys::in_netns(&ns, "nft").args(["-f", "-"]),
-                Some(&nat::router_ruleset(r.nat, r.addr)),
-            )?;
-            if r.nat == NatKind::None {
-                // A plain router: everyone on the internet segment routes its LAN through it.
-                for other in hosts.iter().filter(|o| o.role != Role::Private && o.name != r.name) {
-                    sys::ip_in(&self.ns(&other.name), &["route", "add", &lan.to_string(), "via", &r.addr.to_string()])?;
-                }
-            }
+            self.build_router(r, &hosts)?;
         }
         for r in hosts.iter().filter(|h| h.upnp) {
             self.start_miniupnpd(r)?;
@@ -689,6 +703,80 @@ impl Lab {
         if let Some(chronyd) = chronyd {
             for h in hosts.iter().filter(|h| h.ntp) {
                 self.start_chronyd(h, chronyd)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn build_router(&self, r: &HostInfo, hosts: &[HostInfo]) -> Result<(), LabError> {
+        let ns = self.ns(&r.name);
+        let (Some(lan), Some(gw)) = (r.lan, r.lan_addr) else {
+            return Ok(());
+        };
+        let lan_len = lan.prefix_len().to_string();
+        sys::ip_in(
+            &ns,
+            &[
+                "link",
+                "add",
+                nat::LAN_IF,
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
+        sys::ip_in(
+            &ns,
+            &[
+                "addr",
+                "add",
+                &format!("{gw}/{lan_len}"),
+                "dev",
+                nat::LAN_IF,
+            ],
+        )?;
+        sys::ip_in(&ns, &["link", "set", nat::LAN_IF, "up"])?;
+        let lan_hosts = hosts
+            .iter()
+            .filter(|h| h.router.as_deref() == Some(r.name.as_str()));
+        for (j, h) in lan_hosts.enumerate() {
+            let hns = self.ns(&h.name);
+            let l = format!("l{j}");
+            sys::ip_in(
+                &ns,
+                &[
+                    "link", "add", &l, "type", "veth", "peer", "name", "eth0", "netns", &hns,
+                ],
+            )?;
+            sys::ip_in(&ns, &["link", "set", &l, "master", nat::LAN_IF, "up"])?;
+            sys::ip_in(
+                &hns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/{lan_len}", h.addr),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            sys::ip_in(&hns, &["link", "set", "eth0", "up"])?;
+            sys::ip_in(&hns, &["route", "add", "default", "via", &gw.to_string()])?;
+        }
+        sys::run_with_input(
+            sys::in_netns(&ns, "nft").args(["-f", "-"]),
+            Some(&nat::router_ruleset(r.nat, r.addr)),
+        )?;
+        if r.nat == NatKind::None {
+            // A plain router: everyone on the internet segment routes its LAN through it.
+            for other in hosts
+                .iter()
+                .filter(|o| o.role != Role::Private && o.name != r.name)
+            {
+                sys::ip_in(
+                    &self.ns(&other.name),
+                    &["route", "add", &lan.to_string(), "via", &r.addr.to_string()],
+                )?;
             }
         }
         Ok(())
@@ -862,7 +950,11 @@ impl Captured {
     }
 }
 
-fn reader_thread(mut r: impl Read + Send + 'static, shared: Arc<Captured>, is_err: bool) -> JoinHandle<()> {
+fn reader_thread(
+    mut r: impl Read + Send + 'static,
+    shared: Arc<Captured>,
+    is_err: bool,
+) -> JoinHandle<()> {
     shared.lock().open_streams += 1;
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -921,7 +1013,10 @@ impl LabChild {
             source,
         };
         let stdin = self.child.stdin.as_mut().ok_or_else(|| {
-            err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stdin closed"))
+            err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "stdin closed",
+            ))
         })?;
         stdin
             .write_all(format!("{line}\n").as_bytes())
@@ -950,7 +1045,11 @@ impl LabChild {
             }
             let now = Instant::now();
             if now >= deadline || d.open_streams == 0 {
-                let why = if d.open_streams == 0 { "output closed" } else { "no match" };
+                let why = if d.open_streams == 0 {
+                    "output closed"
+                } else {
+                    "no match"
+                };
                 return Err(LabError::Timeout {
                     what: format!(
                         "{needle:?} in stdout of {:?} on {:?} ({why}; stdout: {:?}; stderr: {:?})",

@@ -40,6 +40,8 @@ enum Cmd {
 
 /// Lab shape: a topology file, or the two-NAT preset (pub, pub2; alice behind nat-a, bob
 /// behind nat-b, optional carol next to alice).
+// One bool per CLI switch, as clap wants them.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Args, Debug, Clone)]
 struct ShapeArgs {
     /// TOML topology file (see netns-sim/examples/two-nats.toml); overrides the preset flags.
@@ -210,7 +212,7 @@ enum ProbeCmd {
     Connect {
         /// Server address.
         addr: SocketAddr,
-        /// Local port to connect from (SO_REUSEADDR + SO_REUSEPORT).
+        /// Local port to connect from (`SO_REUSEADDR` + `SO_REUSEPORT`).
         #[arg(long)]
         bind_port: Option<u16>,
         /// A line to send first (terminated with \r\n).
@@ -289,18 +291,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Down(args) => {
             sys::require_root()?;
-            match args.prefix {
-                Some(p) => {
-                    Lab::teardown(&p, run_dir)?;
-                    println!("lab {p} is down");
-                }
-                None => {
-                    let gone = Lab::teardown_all(run_dir)?;
-                    if gone.is_empty() {
-                        println!("no lab was up");
-                    } else {
-                        println!("down: {}", gone.join(" "));
-                    }
+            if let Some(p) = args.prefix {
+                Lab::teardown(&p, run_dir)?;
+                println!("lab {p} is down");
+            } else {
+                let gone = Lab::teardown_all(run_dir)?;
+                if gone.is_empty() {
+                    println!("no lab was up");
+                } else {
+                    println!("down: {}", gone.join(" "));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -438,9 +437,12 @@ fn demo(args: &DemoArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn probe_in(lab: &Lab, host: &str, me: &Path, args: &[&str]) -> Result<String> {
-    let mut argv = vec![me.to_str().context("executable path is not UTF-8")?, "probe"];
-    argv.extend_from_slice(args);
+fn probe_in(lab: &Lab, host: &str, me: &Path, extra: &[&str]) -> Result<String> {
+    let mut argv = vec![
+        me.to_str().context("executable path is not UTF-8")?,
+        "probe",
+    ];
+    argv.extend_from_slice(extra);
     let out = lab.exec(host, &argv)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -484,7 +486,17 @@ fn demo_steps(
     let nat_b = lab.addr("nat-b");
     let port = mapped_b.unwrap_or_else(|| "7000".into());
     println!("\n== 2. pub2 never talked to bob: it tries bob's mapping {nat_b}:{port}");
-    match probe_in(lab, "pub2", me, &["connect", &format!("{nat_b}:{port}"), "--timeout-ms", "1500"]) {
+    match probe_in(
+        lab,
+        "pub2",
+        me,
+        &[
+            "connect",
+            &format!("{nat_b}:{port}"),
+            "--timeout-ms",
+            "1500",
+        ],
+    ) {
         Ok(seen) => println!("   unexpectedly reached bob ({seen})"),
         Err(e) => println!("   no answer: dropped silently, as a home router does ({e})"),
     }
@@ -498,43 +510,12 @@ fn demo_steps(
     }
     if upnp && sys::find_in_path("upnpc").is_some() {
         check(stop)?;
-        let nat_a = lab.addr("nat-a");
-        let gw = lab.host("alice")?.lan_addr.map(|a| a.to_string()).unwrap_or_default();
-        println!("\n== 4. alice asks nat-a for a port mapping with UPnP (miniupnpd), pub connects in");
-        let _alice_server = lab.spawn(
-            "alice",
-            Command::new(me).args(["probe", "serve", "--listen", "0.0.0.0:8080"]),
-        )?;
-        let alice = lab.addr("alice").to_string();
-        let url = format!("http://{gw}:{}/rootDesc.xml", netns_sim::nat::UPNP_HTTP_PORT);
-        let out = lab.exec("alice", &["upnpc", "-u", &url, "-e", "demo", "-a", &alice, "8080", "8080", "TCP"])?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(line) = text.lines().find(|l| l.contains("is redirected")) {
-            println!("   upnpc: {}", line.trim());
-        }
-        match probe_in(lab, "pub", me, &["connect", &format!("{nat_a}:8080")]) {
-            Ok(seen) => println!("   pub reached alice through {nat_a}:8080; alice saw pub as {seen}"),
-            Err(e) => println!("   pub could not reach alice: {e}"),
-        }
+        demo_upnp(lab, me)?;
     }
     let rendezvous = bin_dir.join("rendezvous");
     if rendezvous.is_file() {
         check(stop)?;
-        println!("\n== 5. the rendezvous server on pub ({pub_ip}:8000)");
-        let listen = format!("{pub_ip}:8000");
-        let server = lab.spawn("pub", Command::new(&rendezvous).args(["--listen", &listen]))?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let reply = loop {
-            match probe_in(lab, "alice", me, &["connect", &listen, "--send", "SOURCE TCP", "--timeout-ms", "1000"]) {
-                Ok(r) => break r,
-                Err(e) if Instant::now() > deadline => {
-                    bail!("rendezvous did not answer: {e}; its stderr: {}", server.stderr())
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
-        println!("   alice: SOURCE TCP  ->  rendezvous: {reply}");
-        drop(server);
+        demo_rendezvous(lab, me, &rendezvous)?;
     } else {
         println!(
             "\n(no rendezvous binary in {}: build the workspace to see the rendezvous step)",
@@ -542,8 +523,84 @@ fn demo_steps(
         );
     }
     if bin_dir.join("p2p-node").is_file() {
-        println!("(p2p-node found; the node-to-node broadcast step is not wired into the demo yet)");
+        println!(
+            "(p2p-node found; the node-to-node broadcast step is not wired into the demo yet)"
+        );
     }
+    drop(server);
+    Ok(())
+}
+
+/// Demo step: alice maps a port with UPnP and pub connects in through it.
+fn demo_upnp(lab: &Lab, me: &Path) -> Result<()> {
+    let nat_a = lab.addr("nat-a");
+    let gw = lab
+        .host("alice")?
+        .lan_addr
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    println!("\n== 4. alice asks nat-a for a port mapping with UPnP (miniupnpd), pub connects in");
+    let alice_server = lab.spawn(
+        "alice",
+        Command::new(me).args(["probe", "serve", "--listen", "0.0.0.0:8080"]),
+    )?;
+    alice_server.wait_for_stdout("listening", Duration::from_secs(5))?;
+    let alice = lab.addr("alice").to_string();
+    let url = format!(
+        "http://{gw}:{}/rootDesc.xml",
+        netns_sim::nat::UPNP_HTTP_PORT
+    );
+    let out = lab.exec(
+        "alice",
+        &[
+            "upnpc", "-u", &url, "-e", "demo", "-a", &alice, "8080", "8080", "TCP",
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if let Some(line) = text.lines().find(|l| l.contains("is redirected")) {
+        println!("   upnpc: {}", line.trim());
+    }
+    match probe_in(lab, "pub", me, &["connect", &format!("{nat_a}:8080")]) {
+        Ok(seen) => {
+            println!("   pub reached alice through {nat_a}:8080; alice saw pub as {seen}");
+        }
+        Err(e) => println!("   pub could not reach alice: {e}"),
+    }
+    Ok(())
+}
+
+/// Demo step: the workspace's rendezvous server on pub answers alice's `SOURCE TCP`.
+fn demo_rendezvous(lab: &Lab, me: &Path, rendezvous: &Path) -> Result<()> {
+    let pub_ip = lab.addr("pub");
+    println!("\n== 5. the rendezvous server on pub ({pub_ip}:8000)");
+    let listen = format!("{pub_ip}:8000");
+    let server = lab.spawn("pub", Command::new(rendezvous).args(["--listen", &listen]))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reply = loop {
+        match probe_in(
+            lab,
+            "alice",
+            me,
+            &[
+                "connect",
+                &listen,
+                "--send",
+                "SOURCE TCP",
+                "--timeout-ms",
+                "1000",
+            ],
+        ) {
+            Ok(r) => break r,
+            Err(e) if Instant::now() > deadline => {
+                bail!(
+                    "rendezvous did not answer: {e}; its stderr: {}",
+                    server.stderr()
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    println!("   alice: SOURCE TCP  ->  rendezvous: {reply}");
     drop(server);
     Ok(())
 }

@@ -168,7 +168,10 @@ mod tests {
     #[test]
     fn mapping_rules_match_kind() {
         assert!(router_ruleset(NatKind::Symmetric, WAN).contains("masquerade fully-random"));
-        assert!(router_ruleset(NatKind::Sequential, WAN).contains("numgen inc mod 1000 map { 0 : 20000, 1 : 20001,"));
+        assert!(
+            router_ruleset(NatKind::Sequential, WAN)
+                .contains("numgen inc mod 1000 map { 0 : 20000, 1 : 20001,")
+        );
         let pr = router_ruleset(NatKind::PortRestricted, WAN);
         assert!(pr.contains("masquerade\n") && !pr.contains("map"));
         let fc = router_ruleset(NatKind::FullCone, WAN);

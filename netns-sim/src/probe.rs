@@ -159,7 +159,10 @@ pub fn ntp_query(server: SocketAddr, timeout: Duration) -> Result<NtpReply, Prob
     sock.send_to(&req, server).map_err(io(&what))?;
     let mut buf = [0u8; 512];
     let (n, from) = sock.recv_from(&mut buf).map_err(|e| {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
             ProbeError::Timeout {
                 what: what.clone(),
                 after: timeout,
@@ -177,12 +180,13 @@ pub fn ntp_query(server: SocketAddr, timeout: Duration) -> Result<NtpReply, Prob
     }
     let stratum = buf[1];
     if stratum == 0 || stratum > 15 {
-        return Err(bad(format!("stratum {stratum} (Kiss-o'-Death or unsynchronised)")));
+        return Err(bad(format!(
+            "stratum {stratum} (Kiss-o'-Death or unsynchronised)"
+        )));
     }
     let secs = u32::from_be_bytes([buf[40], buf[41], buf[42], buf[43]]);
     let frac = u32::from_be_bytes([buf[44], buf[45], buf[46], buf[47]]);
-    let transmit_unix =
-        f64::from(secs) - NTP_UNIX_OFFSET_SECS + f64::from(frac) / 4_294_967_296.0;
+    let transmit_unix = f64::from(secs) - NTP_UNIX_OFFSET_SECS + f64::from(frac) / 4_294_967_296.0;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -210,7 +214,10 @@ mod tests {
             String::from_utf8(log).unwrap()
         });
         let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut seen = Err(ProbeError::Timeout { what: String::new(), after: Duration::ZERO });
+        let mut seen = Err(ProbeError::Timeout {
+            what: String::new(),
+            after: Duration::ZERO,
+        });
         for _ in 0..100 {
             seen = connect(to, None, Some("hello"), Duration::from_secs(2));
             if seen.is_ok() {

@@ -145,12 +145,10 @@ pub(crate) fn run_with_input(cmd: &mut Command, input: Option<&str>) -> Result<O
                 source,
             })?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| SysError::Spawn {
-            cmd: shown.clone(),
-            source,
-        })?;
+    let out = child.wait_with_output().map_err(|source| SysError::Spawn {
+        cmd: shown.clone(),
+        source,
+    })?;
     if out.status.success() {
         Ok(out)
     } else {
@@ -226,7 +224,7 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 /// Whether something listens on `port` (`tcp` or `udp`) inside namespace `ns`.
 pub(crate) fn listening(ns: &str, proto: &str, port: u16) -> bool {
     let flag = if proto == "udp" { "-lunH" } else { "-ltnH" };
-    let Ok(out) = run(&mut in_netns(ns, "ss").arg(flag)) else {
+    let Ok(out) = run(in_netns(ns, "ss").arg(flag)) else {
         return false;
     };
     let suffix = format!(":{port}");

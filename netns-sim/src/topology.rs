@@ -228,6 +228,8 @@ fn default_internet() -> Ipv4Net {
 
 /// Options of the two-NAT preset: `pub` and `pub2` on the internet, `alice` behind `nat-a`,
 /// `bob` behind `nat-b`, optionally `carol` next to alice.
+// Plain independent switches, one per CLI flag: an enum per bool would only add noise.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TwoNats {
     /// NAT kind of router `nat-a` (alice's).
@@ -354,11 +356,13 @@ impl Topology {
             return Err(TopologyError::Empty);
         }
         let mut names: Vec<&str> = Vec::new();
-        let all_names = self.public.iter().map(|h| h.name.as_str()).chain(
-            self.routers.iter().flat_map(|r| {
-                std::iter::once(r.name.as_str()).chain(r.hosts.iter().map(|h| h.name.as_str()))
-            }),
-        );
+        let all_names =
+            self.public
+                .iter()
+                .map(|h| h.name.as_str())
+                .chain(self.routers.iter().flat_map(|r| {
+                    std::iter::once(r.name.as_str()).chain(r.hosts.iter().map(|h| h.name.as_str()))
+                }));
         for name in all_names {
             check_name(name)?;
             if names.contains(&name) {
@@ -403,12 +407,11 @@ impl Topology {
                 Some(a) => a,
                 None => auto(&mut wan_used, self.internet, 101, &r.name)?,
             };
-            let lan = match r.lan {
-                Some(l) => l,
-                None => {
-                    let third = u8::try_from(i + 1).map_err(|_| NetError::Full(self.internet))?;
-                    Ipv4Net::new(Ipv4Addr::new(192, 168, third, 0), 24)?
-                }
+            let lan = if let Some(l) = r.lan {
+                l
+            } else {
+                let third = u8::try_from(i + 1).map_err(|_| NetError::Full(self.internet))?;
+                Ipv4Net::new(Ipv4Addr::new(192, 168, third, 0), 24)?
             };
             lans.push(lan);
             let mut lan_used: Vec<(Ipv4Addr, String)> = Vec::new();
@@ -535,7 +538,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_topologies() {
-        let err = |s: &str| Topology::from_toml(s).and_then(|t| t.resolve()).unwrap_err();
+        let err = |s: &str| {
+            Topology::from_toml(s)
+                .and_then(|t| t.resolve())
+                .unwrap_err()
+        };
         assert!(matches!(err(""), TopologyError::Empty));
         assert!(matches!(
             err("[[public]]\nname = \"Pub\""),
@@ -550,7 +557,9 @@ mod tests {
             TopologyError::OutsideSubnet { .. }
         ));
         assert!(matches!(
-            err("[[public]]\nname = \"a\"\naddr = \"11.0.0.5\"\n[[public]]\nname = \"b\"\naddr = \"11.0.0.5\""),
+            err(
+                "[[public]]\nname = \"a\"\naddr = \"11.0.0.5\"\n[[public]]\nname = \"b\"\naddr = \"11.0.0.5\""
+            ),
             TopologyError::DuplicateAddr { .. }
         ));
         assert!(matches!(

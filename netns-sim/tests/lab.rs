@@ -5,6 +5,14 @@
 //! Every test builds its own lab (unique prefix), so they run in parallel; each lab is torn
 //! down by `Drop` even when an assertion fails.
 
+// Test helpers panic on purpose; names like pub/pub2 are the lab's own.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::similar_names,
+    clippy::too_many_lines
+)]
+
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
@@ -39,7 +47,10 @@ fn preconditions(tools: &[&str]) -> bool {
         return true;
     }
     let msg = format!("netns-sim lab test needs: {}", missing.join(", "));
-    assert!(std::env::var_os("CI").is_none(), "{msg} (CI is set, so this fails)");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{msg} (CI is set, so this fails)"
+    );
     eprintln!("SKIPPED: {msg}");
     false
 }
@@ -103,48 +114,108 @@ fn nat_behaviour(kind: NatKind) {
     let _s2 = serve(&lab, "pub2", 7000);
 
     // Mapping: one local port, two destinations.
-    let m1 = probe(&lab, "alice", &["connect", &format!("{pub_ip}:7000"), "--bind-port", "40000"]).unwrap();
-    let m2 = probe(&lab, "alice", &["connect", &format!("{pub2_ip}:7000"), "--bind-port", "40000"]).unwrap();
+    let m1 = probe(
+        &lab,
+        "alice",
+        &["connect", &format!("{pub_ip}:7000"), "--bind-port", "40000"],
+    )
+    .unwrap();
+    let m2 = probe(
+        &lab,
+        "alice",
+        &[
+            "connect",
+            &format!("{pub2_ip}:7000"),
+            "--bind-port",
+            "40000",
+        ],
+    )
+    .unwrap();
     let ((ip1, p1), (ip2, p2)) = (split(&m1), split(&m2));
-    let expected_ip = if kind == NatKind::None { lab.addr("alice") } else { wan };
+    let expected_ip = if kind == NatKind::None {
+        lab.addr("alice")
+    } else {
+        wan
+    };
     assert_eq!((ip1, ip2), (expected_ip, expected_ip), "{kind}: {m1} {m2}");
     match kind {
         NatKind::FullCone | NatKind::RestrictedCone | NatKind::PortRestricted | NatKind::None => {
             assert_eq!(p1, 40000, "{kind} should preserve the port: {m1}");
-            assert_eq!(p2, p1, "{kind} should map independently of the endpoint: {m1} {m2}");
+            assert_eq!(
+                p2, p1,
+                "{kind} should map independently of the endpoint: {m1} {m2}"
+            );
         }
         NatKind::Symmetric => assert_ne!(p1, p2, "symmetric must map per destination: {m1} {m2}"),
         NatKind::Sequential => {
             assert!(p1 >= netns_sim::nat::SEQUENTIAL_FIRST_PORT, "{m1}");
-            assert_eq!(p2, p1 + 1, "sequential must allocate the next port: {m1} {m2}");
+            assert_eq!(
+                p2,
+                p1 + 1,
+                "sequential must allocate the next port: {m1} {m2}"
+            );
         }
     }
 
     // Filtering: alice talks to pub only, from port 41000, and listens there.
     let alice = serve(&lab, "alice", 41000);
-    let seen = probe(&lab, "alice", &["connect", &format!("{pub_ip}:7000"), "--bind-port", "41000"]).unwrap();
+    let seen = probe(
+        &lab,
+        "alice",
+        &["connect", &format!("{pub_ip}:7000"), "--bind-port", "41000"],
+    )
+    .unwrap();
     let (_, mapped) = split(&seen);
-    let target = format!("{}:{mapped}", if kind == NatKind::None { lab.addr("alice") } else { wan });
+    let target = format!(
+        "{}:{mapped}",
+        if kind == NatKind::None {
+            lab.addr("alice")
+        } else {
+            wan
+        }
+    );
     // pub2 was never contacted from that port.
-    let from_pub2 = probe(&lab, "pub2", &["connect", &target, "--timeout-ms", DROPPED_MS]);
+    let from_pub2 = probe(
+        &lab,
+        "pub2",
+        &["connect", &target, "--timeout-ms", DROPPED_MS],
+    );
     // pub, but from another port than the one alice talked to.
-    let from_pub = probe(&lab, "pub", &["connect", &target, "--timeout-ms", DROPPED_MS]);
+    let from_pub = probe(
+        &lab,
+        "pub",
+        &["connect", &target, "--timeout-ms", DROPPED_MS],
+    );
     let (pub2_may, pub_may) = match kind {
         NatKind::FullCone | NatKind::None => (true, true),
         NatKind::RestrictedCone => (false, true),
         NatKind::PortRestricted | NatKind::Symmetric | NatKind::Sequential => (false, false),
     };
-    for (who, result, may, ip) in [("pub2", &from_pub2, pub2_may, pub2_ip), ("pub", &from_pub, pub_may, pub_ip)] {
+    for (who, result, may, ip) in [
+        ("pub2", &from_pub2, pub2_may, pub2_ip),
+        ("pub", &from_pub, pub_may, pub_ip),
+    ] {
         if may {
-            let reply = result.as_ref().unwrap_or_else(|e| panic!("{kind}: {who} must reach alice via {target}: {e}"));
+            let reply = result
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{kind}: {who} must reach alice via {target}: {e}"));
             assert_eq!(split(reply).0, ip, "{kind}: alice should see {who} itself");
         } else {
-            let err = result.as_ref().expect_err(&format!("{kind}: {who} must NOT reach alice via {target}"));
-            assert!(err.contains("timed out"), "{kind}: {who} must be dropped silently, got: {err}");
+            let err = result
+                .as_ref()
+                .expect_err(&format!("{kind}: {who} must NOT reach alice via {target}"));
+            assert!(
+                err.contains("timed out"),
+                "{kind}: {who} must be dropped silently, got: {err}"
+            );
         }
     }
     let log = alice.stdout();
-    assert_eq!(log.contains(&pub2_ip.to_string()), pub2_may, "{kind}: alice's log: {log}");
+    assert_eq!(
+        log.contains(&pub2_ip.to_string()),
+        pub2_may,
+        "{kind}: alice's log: {log}"
+    );
     drop(alice);
     lab.down().unwrap();
     assert_gone(&prefix);
@@ -199,21 +270,49 @@ fn upnp_and_natpmp_mappings_reach_alice() {
     let _n = serve(&lab, "alice", 5556);
 
     // Control: without a mapping, pub cannot get in.
-    let err = probe(&lab, "pub", &["connect", &format!("{wan}:6555"), "--timeout-ms", DROPPED_MS]).unwrap_err();
+    let err = probe(
+        &lab,
+        "pub",
+        &[
+            "connect",
+            &format!("{wan}:6555"),
+            "--timeout-ms",
+            DROPPED_MS,
+        ],
+    )
+    .unwrap_err();
     assert!(err.contains("timed out"), "{err}");
 
     // UPnP, with real SSDP discovery across alice's LAN bridge.
     let out = lab
-        .exec_ok("alice", &["upnpc", "-e", "netns-sim test", "-a", &alice, "5555", "6555", "TCP"])
+        .exec_ok(
+            "alice",
+            &[
+                "upnpc",
+                "-e",
+                "netns-sim test",
+                "-a",
+                &alice,
+                "5555",
+                "6555",
+                "TCP",
+            ],
+        )
         .unwrap();
     assert!(out.contains("is redirected"), "upnpc: {out}");
-    assert!(out.contains(&format!("ExternalIPAddress = {wan}")), "upnpc: {out}");
+    assert!(
+        out.contains(&format!("ExternalIPAddress = {wan}")),
+        "upnpc: {out}"
+    );
     let seen = probe(&lab, "pub", &["connect", &format!("{wan}:6555")]).unwrap();
     assert_eq!(split(&seen).0.to_string(), pub_ip);
 
     // NAT-PMP.
     let out = lab
-        .exec_ok("alice", &["natpmpc", "-g", &gw, "-a", "6556", "5556", "tcp", "60"])
+        .exec_ok(
+            "alice",
+            &["natpmpc", "-g", &gw, "-a", "6556", "5556", "tcp", "60"],
+        )
         .unwrap();
     assert!(out.contains("Mapped public port 6556"), "natpmpc: {out}");
     let seen = probe(&lab, "pub", &["connect", &format!("{wan}:6556")]).unwrap();
@@ -234,8 +333,21 @@ fn ntp_from_alice_to_pub_answers() {
     let reply = probe(&lab, "alice", &["ntp", &format!("{}:123", lab.addr("pub"))]).unwrap();
     assert!(reply.starts_with("stratum 8 "), "{reply}");
     // Nobody else serves NTP: pub2 stays silent.
-    let err = probe(&lab, "alice", &["ntp", &format!("{}:123", lab.addr("pub2")), "--timeout-ms", "500"]).unwrap_err();
-    assert!(err.contains("timed out") || err.contains("refused"), "{err}");
+    let err = probe(
+        &lab,
+        "alice",
+        &[
+            "ntp",
+            &format!("{}:123", lab.addr("pub2")),
+            "--timeout-ms",
+            "500",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("timed out") || err.contains("refused"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -250,9 +362,15 @@ fn api_exec_spawn_addresses_and_carol() {
     .unwrap();
     assert_eq!(lab.public_addr("alice"), lab.addr("nat-a"));
     assert_eq!(lab.public_addr("pub"), lab.addr("pub"));
-    assert_eq!(lab.namespace("bob").unwrap(), namespace_name(lab.prefix(), "bob"));
+    assert_eq!(
+        lab.namespace("bob").unwrap(),
+        namespace_name(lab.prefix(), "bob")
+    );
     let err = lab.host("mallory").unwrap_err().to_string();
-    assert!(err.contains("\"mallory\"") && err.contains("alice"), "{err}");
+    assert!(
+        err.contains("\"mallory\"") && err.contains("alice"),
+        "{err}"
+    );
 
     let routes = lab.exec_ok("carol", &["ip", "route"]).unwrap();
     assert!(routes.contains("default via 192.168.1.1"), "{routes}");
@@ -260,7 +378,8 @@ fn api_exec_spawn_addresses_and_carol() {
     for h in lab.hosts() {
         let r = lab.exec_ok(&h.name, &["ip", "route"]).unwrap();
         assert!(
-            r.lines().all(|l| l.contains("11.0.0.") || l.contains("192.168.")),
+            r.lines()
+                .all(|l| l.contains("11.0.0.") || l.contains("192.168.")),
             "{}: {r}",
             h.name
         );
@@ -273,14 +392,18 @@ fn api_exec_spawn_addresses_and_carol() {
     // A spawned process: stdin in, stdout out, killed on drop.
     let mut cat = lab.spawn("bob", &Command::new("cat")).unwrap();
     cat.send_line("hello from the test").unwrap();
-    let line = cat.wait_for_stdout("hello", Duration::from_secs(5)).unwrap();
+    let line = cat
+        .wait_for_stdout("hello", Duration::from_secs(5))
+        .unwrap();
     assert_eq!(line, "hello from the test");
     let pid = cat.id();
     drop(cat);
-    assert!(!Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
-        std::thread::sleep(Duration::from_millis(100));
-        !Path::new(&format!("/proc/{pid}")).exists()
-    });
+    assert!(
+        !Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
+            std::thread::sleep(Duration::from_millis(100));
+            !Path::new(&format!("/proc/{pid}")).exists()
+        }
+    );
     let out = lab.exec("bob", &["sh", "-c", "exit 3"]).unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(lab.exec_ok("bob", &["sh", "-c", "exit 3"]).is_err());
@@ -330,14 +453,26 @@ fn cli_up_status_exec_down() {
     assert_eq!(code, Some(0), "{stderr}");
     let prefix = stdout.trim().to_owned();
     // Make sure the lab goes away even if an assertion below fails.
-    let _guard = Lab::attach(&prefix, Path::new(RUN_DIR)).map(|lab| TeardownGuard(lab.prefix().to_owned()));
+    let _guard =
+        Lab::attach(&prefix, Path::new(RUN_DIR)).map(|lab| TeardownGuard(lab.prefix().to_owned()));
     assert!(prefix.starts_with("nsim"), "{stdout}");
     let (code, status, _) = run(&["status", "--lab", &prefix]);
     assert_eq!(code, Some(0));
-    for want in ["carol", "port-restricted", "symmetric", "11.0.0.101", "192.168.1.3"] {
-        assert!(status.contains(want), "{want} missing from status:\n{status}");
+    for want in [
+        "carol",
+        "port-restricted",
+        "symmetric",
+        "11.0.0.101",
+        "192.168.1.3",
+    ] {
+        assert!(
+            status.contains(want),
+            "{want} missing from status:\n{status}"
+        );
     }
-    let (code, out, _) = run(&["exec", "--lab", &prefix, "carol", "--", "ip", "-4", "-o", "addr", "show", "eth0"]);
+    let (code, out, _) = run(&[
+        "exec", "--lab", &prefix, "carol", "--", "ip", "-4", "-o", "addr", "show", "eth0",
+    ]);
     assert_eq!(code, Some(0));
     assert!(out.contains("192.168.1.3/24"), "{out}");
     let (code, _, _) = run(&["exec", "--lab", &prefix, "bob", "--", "sh", "-c", "exit 7"]);
@@ -378,7 +513,12 @@ fn parallel_labs_do_not_clash() {
     assert_eq!(prefixes.len(), 3);
     for lab in &labs {
         let _s = serve(lab, "pub", 7000);
-        let seen = probe(lab, "bob", &["connect", &format!("{}:7000", lab.addr("pub"))]).unwrap();
+        let seen = probe(
+            lab,
+            "bob",
+            &["connect", &format!("{}:7000", lab.addr("pub"))],
+        )
+        .unwrap();
         assert_eq!(split(&seen).0, lab.addr("nat-b"));
     }
     eprintln!("3 labs up and checked in {:?}", start.elapsed());
