@@ -116,6 +116,9 @@ struct Conn {
 struct Passive {
     key: NodeKey,
     registered_at: Instant,
+    /// This entry as it appears in a `NODES` reply (`p:<ip>:<port> `), rendered once at
+    /// registration so that a `BOOTSTRAP` reply is a copy of bytes, not formatting.
+    wire: Box<[u8]>,
 }
 
 #[derive(Debug)]
@@ -374,8 +377,7 @@ impl Core {
         }
         match request {
             Request::Bootstrap { count, own_port } => {
-                let nodes = self.sample_passive(now, peer.ip(), usize::from(count), own_port);
-                self.send(id, &Response::Nodes(nodes));
+                self.reply_bootstrap(now, id, peer.ip(), usize::from(count), own_port);
             }
             Request::PassiveReady { port, .. } => self.register_passive(now, id, peer, port),
             Request::SimultaneousReady { port, .. } => {
@@ -417,13 +419,32 @@ impl Core {
 
     /// Queues a reply; a client whose unread replies pass the cap is disconnected.
     fn send(&mut self, id: ConnId, response: &Response) {
-        let limit = self.config.max_output_bytes;
         let Some(conn) = self.live_conn(id) else {
             return;
         };
         let before = conn.out.len();
         // Writing into a Vec cannot fail.
         let _ = write!(conn.out, "{response}\r\n");
+        self.queued(id, before);
+    }
+
+    /// Queues an already encoded reply line (terminator included).
+    fn send_bytes(&mut self, id: ConnId, line: &[u8]) {
+        let Some(conn) = self.live_conn(id) else {
+            return;
+        };
+        let before = conn.out.len();
+        conn.out.extend_from_slice(line);
+        self.queued(id, before);
+    }
+
+    /// After appending to a connection's output (which held `before` bytes): enforce the
+    /// output cap and ask the driver to flush.
+    fn queued(&mut self, id: ConnId, before: usize) {
+        let limit = self.config.max_output_bytes;
+        let Some(conn) = self.live_conn(id) else {
+            return;
+        };
         if conn.out.len() > limit {
             conn.out.truncate(before);
             self.close(id, "not reading its replies (output cap reached)");
@@ -470,28 +491,44 @@ impl Core {
             + self.simultaneous.get(&ip).map_or(0, Vec::len)
     }
 
-    fn sample_passive(
+    /// Answers `BOOTSTRAP` with up to `count` random passive nodes, never the asker: without
+    /// `own_port` the asker is everyone at its IP (PyP2P), with it only that registration.
+    ///
+    /// The hot path of the server: the reply is assembled from pre-rendered entries straight
+    /// into the output buffer. Its bytes are exactly `Response::Nodes(..)`'s `Display`.
+    fn reply_bootstrap(
         &mut self,
         now: Instant,
+        id: ConnId,
         asker: IpAddr,
         count: usize,
         own_port: Option<u16>,
-    ) -> Vec<NodeEntry> {
-        // Without a port the asker is everyone at its IP (PyP2P); with one, only that node.
-        let excluded = |p: &Passive| p.key.ip == asker && own_port.is_none_or(|o| o == p.key.port);
+    ) {
         let excluded_bound = self.passive_ports_by_ip.get(&asker).map_or(0, Vec::len);
         let k = (count + excluded_bound).min(self.passive.len());
         let lifetime = self.config.node_lifetime;
-        rand::seq::index::sample(&mut self.rng, self.passive.len(), k)
-            .into_iter()
-            .map(|i| &self.passive[i])
-            .filter(|p| !excluded(p) && now.saturating_duration_since(p.registered_at) < lifetime)
-            .take(count)
-            .map(|p| NodeEntry {
-                node_type: NodeType::Passive,
-                addr: SocketAddr::new(p.key.ip, p.key.port),
-            })
-            .collect()
+        let picks = rand::seq::index::sample(&mut self.rng, self.passive.len(), k);
+        let mut reply = Vec::with_capacity(8 + count * 24);
+        reply.extend_from_slice(b"NODES ");
+        let mut found = 0;
+        for i in picks {
+            let p = &self.passive[i];
+            let is_asker = p.key.ip == asker && own_port.is_none_or(|o| o == p.key.port);
+            if is_asker || now.saturating_duration_since(p.registered_at) >= lifetime {
+                continue;
+            }
+            reply.extend_from_slice(&p.wire);
+            found += 1;
+            if found == count {
+                break;
+            }
+        }
+        if found == 0 {
+            reply.truncate(0);
+            reply.extend_from_slice(b"NODES EMPTY");
+        }
+        reply.extend_from_slice(b"\r\n");
+        self.send_bytes(id, &reply);
     }
 
     fn register_passive(&mut self, now: Instant, id: ConnId, peer: SocketAddr, port: u16) {
@@ -516,9 +553,17 @@ impl Core {
             return;
         }
         self.passive_index.insert(key, self.passive.len());
+        let wire = format!(
+            "{} ",
+            NodeEntry {
+                node_type: NodeType::Passive,
+                addr: SocketAddr::new(key.ip, key.port),
+            }
+        );
         self.passive.push(Passive {
             key,
             registered_at: now,
+            wire: wire.into_bytes().into_boxed_slice(),
         });
         self.passive_ports_by_ip
             .entry(key.ip)
