@@ -14,7 +14,9 @@ apt-get install -y -qq --no-install-recommends \
   iproute2 iptables nftables conntrack miniupnpd miniupnpc natpmpc procps >/dev/null
 chrony_root=/opt/p2p-lab/chrony
 if [ ! -x "$chrony_root/usr/sbin/chronyd" ]; then
+  mkdir -p "$chrony_root"
   tmp=$(mktemp -d)
+  chown _apt "$tmp" 2>/dev/null || true # apt-get download writes as the _apt user
   (cd "$tmp" && apt-get download -qq chrony >/dev/null && dpkg -x chrony_*.deb "$chrony_root")
   rm -rf "$tmp"
 fi

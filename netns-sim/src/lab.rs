@@ -24,6 +24,10 @@ pub const RUN_DIR: &str = "/run/netns-sim";
 pub const PREFIX_STEM: &str = "nsim";
 /// Environment variable naming the `chronyd` binary to use.
 pub const CHRONYD_ENV: &str = "NETNS_SIM_CHRONYD";
+
+/// Where `scripts/install-deps.sh` unpacks chrony (`apt-get download` + `dpkg -x`, so the host's
+/// time service is left alone). Used when `$NETNS_SIM_CHRONYD` is unset and the file exists.
+pub const UNPACKED_CHRONYD: &str = "/opt/p2p-lab/chrony/usr/sbin/chronyd";
 /// Name of the namespace holding the internet bridge: `<prefix>-internet`.
 pub const INTERNET: &str = "internet";
 
@@ -136,7 +140,8 @@ pub struct LabState {
 pub struct LabOptions {
     /// Use this prefix instead of a random `nsimXXXXXX` one.
     pub prefix: Option<String>,
-    /// The `chronyd` binary (default: `$NETNS_SIM_CHRONYD`, else `chronyd` in PATH).
+    /// The `chronyd` binary (default: `$NETNS_SIM_CHRONYD`, else [`UNPACKED_CHRONYD`] if it
+    /// exists, else `chronyd` in PATH).
     pub chronyd: Option<PathBuf>,
     /// Directory for state files (default [`RUN_DIR`]).
     pub run_dir: PathBuf,
@@ -148,7 +153,11 @@ impl Default for LabOptions {
             prefix: None,
             chronyd: std::env::var_os(CHRONYD_ENV)
                 .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+                .map(PathBuf::from)
+                .or_else(|| {
+                    let unpacked = PathBuf::from(UNPACKED_CHRONYD);
+                    unpacked.is_file().then_some(unpacked)
+                }),
             run_dir: PathBuf::from(RUN_DIR),
         }
     }

@@ -66,7 +66,8 @@ struct ShapeArgs {
     /// Add carol on alice's LAN.
     #[arg(long)]
     carol: bool,
-    /// The chronyd binary (default: chronyd in PATH).
+    /// The chronyd binary (default: /opt/p2p-lab/chrony/usr/sbin/chronyd where
+    /// scripts/install-deps.sh unpacks it, else chronyd in PATH).
     #[arg(long, env = "NETNS_SIM_CHRONYD", value_name = "PATH")]
     chronyd: Option<PathBuf>,
 }
@@ -188,7 +189,8 @@ struct DemoArgs {
     /// NAT kind of nat-b (bob's router).
     #[arg(long, default_value = "symmetric", value_name = "KIND")]
     nat_b: NatKind,
-    /// The chronyd binary (default: chronyd in PATH).
+    /// The chronyd binary (default: /opt/p2p-lab/chrony/usr/sbin/chronyd where
+    /// scripts/install-deps.sh unpacks it, else chronyd in PATH).
     #[arg(long, env = "NETNS_SIM_CHRONYD", value_name = "PATH")]
     chronyd: Option<PathBuf>,
 }
