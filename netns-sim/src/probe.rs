@@ -64,16 +64,33 @@ pub fn serve(
     timeout: Option<Duration>,
     log: &mut dyn Write,
 ) -> Result<(), ProbeError> {
+    let listener = listen_on(listen)?;
+    let _ = writeln!(log, "listening on {listen}");
+    let _ = log.flush();
+    serve_listener(&listener, once, timeout, log)
+}
+
+/// Binds a non-blocking listener on `listen` (`SO_REUSEADDR` + `SO_REUSEPORT`).
+pub fn listen_on(listen: SocketAddrV4) -> Result<TcpListener, ProbeError> {
     let what = format!("listen on {listen}");
     let s = reusable_socket(listen.port())?;
-    if !listen.ip().is_unspecified() {
-        // Re-bind is not possible; a specific address only matters for the log line.
-    }
     s.listen(64).map_err(io(&what))?;
     let listener: TcpListener = s.into();
     listener.set_nonblocking(true).map_err(io(&what))?;
-    let _ = writeln!(log, "listening on {listen}");
-    let _ = log.flush();
+    Ok(listener)
+}
+
+/// [`serve`] on a listener bound by [`listen_on`].
+pub fn serve_listener(
+    listener: &TcpListener,
+    once: bool,
+    timeout: Option<Duration>,
+    log: &mut dyn Write,
+) -> Result<(), ProbeError> {
+    let what = match listener.local_addr() {
+        Ok(a) => format!("accept on {a}"),
+        Err(_) => "accept".to_owned(),
+    };
     let start = Instant::now();
     loop {
         match listener.accept() {
@@ -91,7 +108,7 @@ pub fn serve(
                     && start.elapsed() >= t
                 {
                     return Err(ProbeError::Timeout {
-                        what: format!("a client on {listen}"),
+                        what: format!("a client ({what})"),
                         after: t,
                     });
                 }
@@ -203,29 +220,16 @@ mod tests {
 
     #[test]
     fn serve_reports_the_peer_and_connect_reads_it() {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+        // Bound before the server thread starts, so the client never races the bind.
+        let listener = listen_on(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let mut log = Vec::new();
-            serve(addr, true, Some(Duration::from_secs(5)), &mut log).unwrap();
+            serve_listener(&listener, true, Some(Duration::from_secs(5)), &mut log).unwrap();
             String::from_utf8(log).unwrap()
         });
         let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut seen = Err(ProbeError::Timeout {
-            what: String::new(),
-            after: Duration::ZERO,
-        });
-        for _ in 0..100 {
-            seen = connect(to, None, Some("hello"), Duration::from_secs(2));
-            if seen.is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let seen = seen.unwrap();
+        let seen = connect(to, None, Some("hello"), Duration::from_secs(2)).unwrap();
         assert!(seen.starts_with("127.0.0.1:"), "{seen}");
         let log = server.join().unwrap();
         assert!(log.contains(&format!("accepted from {seen}")), "{log}");
