@@ -5,6 +5,7 @@
 //! `forwarding-check` and `dht-msg`) depend on this crate so that client and server share one
 //! parser for every wire type.
 
+pub mod http;
 pub mod proto;
 pub mod units;
 pub mod unl;
