@@ -5,7 +5,13 @@
 //! `forwarding-check` and `dht-msg`) depend on this crate so that client and server share one
 //! parser for every wire type.
 
+pub mod config;
+pub mod core;
 pub mod http;
+pub mod net;
 pub mod proto;
 pub mod units;
 pub mod unl;
+
+pub use config::{Config, Role};
+pub use net::{BootstrapReport, Connection, NatReport, Net, NetError, SendError};

@@ -3,4 +3,6 @@
 //! Nothing here touches a socket or a clock: bytes and lines go in, typed values come out.
 
 pub mod line;
+pub mod nat;
+pub mod overlay;
 pub mod rendezvous;

@@ -1,0 +1,265 @@
+//! The node's settings: a serde-deserialisable [`Config`] (TOML or JSON) with a builder in code.
+//!
+//! ```
+//! use node::Config;
+//!
+//! // In code:
+//! let config = Config::new()
+//!     .with_rendezvous("127.0.0.1:8000")
+//!     .with_port(50500)
+//!     .with_max_inbound(16);
+//! assert_eq!(config.port, 50500);
+//!
+//! // From a file (durations as "30s", "5m", "250ms"):
+//! let config: Config = toml::from_str(r#"
+//!     rendezvous = ["rv1.example:8000", "rv2.example:8000"]
+//!     node_type = "active"
+//!     rebootstrap_interval = "30s"
+//! "#).unwrap();
+//! assert_eq!(config.rendezvous.len(), 2);
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::proto::line::DEFAULT_MAX_LINE_BYTES;
+
+/// The node's role in the overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Accepts inbound connections and advertises itself to the rendezvous (`PASSIVE READY`).
+    /// Right when the port is reachable (no NAT, a forwarded port, or loopback/LAN use).
+    Passive,
+    /// Only dials out; never advertised. Right behind a NAT that forwards nothing.
+    Active,
+}
+
+/// Everything a [`crate::Net`] needs. Every field has a default; see each field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to accept connections on (default `0.0.0.0`).
+    pub bind: IpAddr,
+    /// Port to accept connections on (default 0: any free port).
+    pub port: u16,
+    /// Whether to accept connections at all (default true).
+    pub listen: bool,
+    /// Rendezvous servers as `host:port`, tried in order; the one that answered last is tried
+    /// first next time (default: none; a node without one can still connect by address).
+    pub rendezvous: Vec<String>,
+    /// Passive (advertise, accept) or active (dial out only). Default passive.
+    pub node_type: Role,
+    /// Inbound connections beyond this are closed at once (default 32).
+    pub max_inbound: usize,
+    /// Bootstrap dials until this many outbound connections are open (default 8).
+    pub max_outbound: usize,
+    /// `n` in `BOOTSTRAP n`, 1..=100 (default 20).
+    pub bootstrap_count: u8,
+    /// While below `max_outbound`, bootstrap again this often (default 60 s).
+    #[serde(with = "duration_text")]
+    pub rebootstrap_interval: Duration,
+    /// After the last connection drops, or a rendezvous request fails, try again this soon
+    /// (default 5 s).
+    #[serde(with = "duration_text")]
+    pub alone_rebootstrap_delay: Duration,
+    /// Once advertised, register again this often (default 5 min): the server forgets nodes
+    /// after its node lifetime and when it restarts.
+    #[serde(with = "duration_text")]
+    pub readvertise_interval: Duration,
+    /// Hops a broadcast travels (default 16).
+    pub broadcast_ttl: u8,
+    /// Broadcast ids remembered at most (default 100000, about 4 MiB).
+    pub seen_capacity: usize,
+    /// How long a broadcast id is remembered (default 10 min).
+    #[serde(with = "duration_text")]
+    pub seen_lifetime: Duration,
+    /// A dial that has not connected after this fails (default 5 s).
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// A rendezvous request that has not been answered after this fails over to the next
+    /// server (default 3 s).
+    #[serde(with = "duration_text")]
+    pub query_timeout: Duration,
+    /// Longest line accepted from a peer; a longer one disconnects it (default 64 KiB).
+    pub max_line_bytes: usize,
+    /// Bytes queued for one peer at most; a peer that does not read is disconnected
+    /// (default 16 MiB).
+    pub max_output_bytes: usize,
+    /// Seed for ids and shuffles (default: random).
+    pub seed: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 0,
+            listen: true,
+            rendezvous: Vec::new(),
+            node_type: Role::Passive,
+            max_inbound: 32,
+            max_outbound: 8,
+            bootstrap_count: 20,
+            rebootstrap_interval: Duration::from_mins(1),
+            alone_rebootstrap_delay: Duration::from_secs(5),
+            readvertise_interval: Duration::from_mins(5),
+            broadcast_ttl: 16,
+            seen_capacity: 100_000,
+            seen_lifetime: Duration::from_mins(10),
+            connect_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(3),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_output_bytes: 16 * 1024 * 1024,
+            seed: None,
+        }
+    }
+}
+
+impl Config {
+    /// The defaults (same as [`Config::default`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a rendezvous server (`host:port`).
+    #[must_use]
+    pub fn with_rendezvous(mut self, server: impl Into<String>) -> Self {
+        self.rendezvous.push(server.into());
+        self
+    }
+
+    /// Sets the address to accept connections on.
+    #[must_use]
+    pub fn with_bind(mut self, bind: IpAddr) -> Self {
+        self.bind = bind;
+        self
+    }
+
+    /// Sets the port to accept connections on (0: any).
+    #[must_use]
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Accept connections or not.
+    #[must_use]
+    pub fn with_listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// Sets the role.
+    #[must_use]
+    pub fn with_node_type(mut self, role: Role) -> Self {
+        self.node_type = role;
+        self
+    }
+
+    /// Sets the inbound cap.
+    #[must_use]
+    pub fn with_max_inbound(mut self, n: usize) -> Self {
+        self.max_inbound = n;
+        self
+    }
+
+    /// Sets how many outbound connections bootstrap aims for.
+    #[must_use]
+    pub fn with_max_outbound(mut self, n: usize) -> Self {
+        self.max_outbound = n;
+        self
+    }
+
+    /// Sets the re-bootstrap interval.
+    #[must_use]
+    pub fn with_rebootstrap_interval(mut self, every: Duration) -> Self {
+        self.rebootstrap_interval = every;
+        self
+    }
+
+    /// Sets the delay before bootstrapping again after losing every connection.
+    #[must_use]
+    pub fn with_alone_rebootstrap_delay(mut self, delay: Duration) -> Self {
+        self.alone_rebootstrap_delay = delay;
+        self
+    }
+
+    /// Sets the re-advertise interval.
+    #[must_use]
+    pub fn with_readvertise_interval(mut self, every: Duration) -> Self {
+        self.readvertise_interval = every;
+        self
+    }
+
+    /// Sets the broadcast hop limit.
+    #[must_use]
+    pub fn with_broadcast_ttl(mut self, ttl: u8) -> Self {
+        self.broadcast_ttl = ttl;
+        self
+    }
+
+    /// Sets the longest line accepted from a peer.
+    #[must_use]
+    pub fn with_max_line_bytes(mut self, n: usize) -> Self {
+        self.max_line_bytes = n;
+        self
+    }
+
+    /// Sets the per-peer output cap.
+    #[must_use]
+    pub fn with_max_output_bytes(mut self, n: usize) -> Self {
+        self.max_output_bytes = n;
+        self
+    }
+
+    /// Sets the rendezvous request timeout.
+    #[must_use]
+    pub fn with_query_timeout(mut self, timeout: Duration) -> Self {
+        self.query_timeout = timeout;
+        self
+    }
+
+    /// Sets the seed for ids and shuffles.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+}
+
+/// Durations as text: `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` (see [`crate::units`]).
+mod duration_text {
+    use super::{Deserialize, Deserializer, Duration, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::units::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_toml_and_rejects_unknown_fields() {
+        let config = Config::new()
+            .with_rendezvous("127.0.0.1:8000")
+            .with_node_type(Role::Active)
+            .with_rebootstrap_interval(Duration::from_millis(1500));
+        let text = toml::to_string(&config).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, config);
+        let err = toml::from_str::<Config>("max_inbund = 3").unwrap_err();
+        assert!(err.to_string().contains("max_inbund"), "{err}");
+        let err = toml::from_str::<Config>("seen_lifetime = \"ten\"").unwrap_err();
+        assert!(err.to_string().contains("seen_lifetime"), "{err}");
+    }
+}

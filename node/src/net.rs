@@ -1,0 +1,1228 @@
+//! The mio driver: [`Net`] owns the sockets and runs the [`Core`](crate::core::Core).
+//!
+//! One thread, one `mio::Poll`. Each turn ([`Net::poll`]) flushes queued output, waits for
+//! readiness (or not at all, with a zero timeout), accepts, reads lines into the core, finishes
+//! dials and rendezvous requests, fires timers, and carries out what the core asked for. The
+//! driver never looks at protocol verbs: it moves bytes and lines.
+//!
+//! Applications use it the PyP2P way:
+//!
+//! ```
+//! use std::time::Duration;
+//! use node::{Config, Net};
+//!
+//! # fn main() -> Result<(), node::NetError> {
+//! // Two nodes on loopback; no rendezvous needed to connect by address.
+//! let mut alice = Net::new(Config::new().with_bind("127.0.0.1".parse().unwrap()))?;
+//! alice.start()?;
+//! let mut bob = Net::new(Config::new().with_listen(false))?;
+//! bob.start()?;
+//! bob.connect(alice.local_addr().unwrap());
+//!
+//! let mut got = None;
+//! for _ in 0..1000 {
+//!     for con in &mut bob {
+//!         con.send_line("hello from bob")?;
+//!     }
+//!     for con in &mut alice {
+//!         for line in con.lines() {
+//!             got = Some(line);
+//!         }
+//!     }
+//!     if got.is_some() { break; }
+//!     std::thread::sleep(Duration::from_millis(1));
+//! }
+//! assert_eq!(got.as_deref(), Some("hello from bob"));
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Role};
+use crate::core::{
+    ConnId, Core, CoreConfig, Direction, Event, Job, LineVerdict, Output, QueryId, QueryReply,
+};
+use crate::proto::line::{LineError, LineFramer};
+use crate::proto::nat::NatMapping;
+use crate::proto::overlay::{MessageId, PeerId};
+use crate::proto::rendezvous::NodeType;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Tokens from here on are connections, dials and rendezvous requests.
+const FIRST_TOKEN: usize = 2;
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Events kept for the application at most; older ones are dropped (and counted in a log line).
+const MAX_QUEUED_EVENTS: usize = 10_000;
+/// Longest reply line accepted from a rendezvous server.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// What can go wrong in the node.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// A rendezvous server name did not resolve.
+    #[error("cannot resolve rendezvous server {name:?}: {reason}")]
+    Resolve {
+        /// The name as configured.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    Io(#[from] io::Error),
+    /// Every rendezvous server failed.
+    #[error("{job} failed on every rendezvous server: {}", describe(errors))]
+    Rendezvous {
+        /// What was tried.
+        job: Job,
+        /// Each server and its error.
+        errors: Vec<(SocketAddr, String)>,
+    },
+    /// Something did not finish in time.
+    #[error("{what} did not finish within {after:?}")]
+    Timeout {
+        /// What.
+        what: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// A line given to `send_line` cannot be sent.
+    #[error("cannot send line: {0}")]
+    Send(#[from] SendError),
+}
+
+fn describe(errors: &[(SocketAddr, String)]) -> String {
+    errors
+        .iter()
+        .map(|(s, e)| {
+            if s.port() == 0 {
+                e.clone()
+            } else {
+                format!("{s}: {e}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why [`Connection::send_line`] refused a line.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SendError {
+    /// Lines cannot contain `\r` or `\n`.
+    #[error("line contains a line break")]
+    LineBreak,
+    /// The connection is closed.
+    #[error("connection {0} is closed")]
+    Closed(ConnId),
+    /// The peer is not reading; the connection is being closed.
+    #[error("connection {conn}: {bytes} bytes queued (limit {limit}); closing it")]
+    OutputFull {
+        /// The connection.
+        conn: ConnId,
+        /// Bytes that would be queued.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// What a bootstrap found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BootstrapReport {
+    /// The server that answered.
+    pub server: SocketAddr,
+    /// Nodes it offered.
+    pub offered: usize,
+    /// Nodes being dialed now.
+    pub dialing: usize,
+}
+
+/// What a NAT detection found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NatReport {
+    /// The server asked.
+    pub server: SocketAddr,
+    /// The verdict.
+    pub mapping: NatMapping,
+    /// `(local port, observed port)` per probe.
+    pub probes: Vec<(u16, u16)>,
+}
+
+/// One connection to a peer, as the application sees it.
+#[derive(Debug)]
+pub struct Connection {
+    id: ConnId,
+    addr: SocketAddr,
+    direction: Direction,
+    /// `None` once closed.
+    stream: Option<TcpStream>,
+    framer: LineFramer,
+    inbox: VecDeque<String>,
+    out: Vec<u8>,
+    /// Bytes of `out` already written.
+    written: usize,
+    max_output: usize,
+    /// Set when the application or an overflow asks to close; carried out next turn.
+    close_request: Option<String>,
+    /// Set once closed.
+    closed: Option<String>,
+}
+
+impl Connection {
+    /// The connection's number.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Who dialed.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// Whether the connection is still open (a closed one stays visible until its received
+    /// lines are read).
+    pub fn is_open(&self) -> bool {
+        self.closed.is_none() && self.close_request.is_none()
+    }
+
+    /// Why it closed, once it did.
+    pub fn close_reason(&self) -> Option<&str> {
+        self.closed.as_deref()
+    }
+
+    /// Takes every line received so far (plain lines and broadcasts delivered here), oldest
+    /// first, without terminators.
+    pub fn lines(&mut self) -> std::collections::vec_deque::Drain<'_, String> {
+        self.inbox.drain(..)
+    }
+
+    /// Takes the oldest received line.
+    pub fn recv_line(&mut self) -> Option<String> {
+        self.inbox.pop_front()
+    }
+
+    /// Queues `line` (`\r\n` is appended) to be written at the next turn of the loop.
+    pub fn send_line(&mut self, line: &str) -> Result<(), SendError> {
+        if line.bytes().any(|b| b == b'\n' || b == b'\r') {
+            return Err(SendError::LineBreak);
+        }
+        self.queue(line)
+    }
+
+    /// Asks to close the connection (done at the next turn).
+    pub fn close(&mut self) {
+        if self.close_request.is_none() && self.closed.is_none() {
+            self.close_request = Some("closed by the application".to_owned());
+        }
+    }
+
+    fn queue(&mut self, line: &str) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::Closed(self.id));
+        }
+        let bytes = self.out.len() - self.written + line.len() + 2;
+        if bytes > self.max_output {
+            self.close_request = Some(format!(
+                "peer does not read: {bytes} bytes queued (limit {})",
+                self.max_output
+            ));
+            return Err(SendError::OutputFull {
+                conn: self.id,
+                bytes,
+                limit: self.max_output,
+            });
+        }
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    /// Writes queued output until done or the socket is full. Err: the connection broke.
+    fn flush(&mut self) -> io::Result<()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        while self.written < self.out.len() {
+            match stream.write(&self.out[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.written == self.out.len() {
+            self.out.clear();
+            self.written = 0;
+            if self.out.capacity() > READ_CHUNK {
+                self.out.shrink_to(READ_CHUNK);
+            }
+        } else if self.written > READ_CHUNK {
+            self.out.drain(..self.written);
+            self.written = 0;
+        }
+        Ok(())
+    }
+
+    fn has_output(&self) -> bool {
+        self.written < self.out.len()
+    }
+}
+
+/// An outbound dial in progress.
+#[derive(Debug)]
+struct Dial {
+    addr: SocketAddr,
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+/// A short request to a rendezvous server in progress.
+#[derive(Debug)]
+struct Query {
+    id: QueryId,
+    server: SocketAddr,
+    stream: TcpStream,
+    connected: bool,
+    out: Vec<u8>,
+    written: usize,
+    want_reply: bool,
+    reply: LineFramer,
+    deadline: Instant,
+}
+
+/// Outcomes the blocking helpers wait for.
+#[derive(Debug, Default)]
+struct Outcomes {
+    bootstrap: Option<Result<BootstrapReport, NetError>>,
+    advertise: Option<Result<u16, NetError>>,
+    clear: Option<()>,
+    nat: Option<Result<NatReport, NetError>>,
+}
+
+/// A node: listener, connections, rendezvous client, overlay (see the module docs).
+#[derive(Debug)]
+pub struct Net {
+    config: Config,
+    servers: Vec<SocketAddr>,
+    core: Core,
+    poll: Poll,
+    mio_events: Events,
+    waker: Arc<Waker>,
+    listener: Option<TcpListener>,
+    local_addr: Option<SocketAddr>,
+    conns: Vec<Connection>,
+    /// `ConnId` → index into `conns`.
+    index: HashMap<ConnId, usize>,
+    dials: HashMap<Token, Dial>,
+    queries: HashMap<Token, Query>,
+    next_token: usize,
+    events: VecDeque<Event>,
+    dropped_events: u64,
+    outcomes: Outcomes,
+    read_buf: Vec<u8>,
+    started: bool,
+}
+
+impl Net {
+    /// A node with `config`; resolves the rendezvous servers (blocking DNS) but opens nothing
+    /// until [`Net::start`].
+    pub fn new(config: Config) -> Result<Net, NetError> {
+        let mut servers = Vec::new();
+        for name in &config.rendezvous {
+            let addr = name
+                .to_socket_addrs()
+                .map_err(|e| NetError::Resolve {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?
+                .next()
+                .ok_or_else(|| NetError::Resolve {
+                    name: name.clone(),
+                    reason: "no address".to_owned(),
+                })?;
+            servers.push(addr);
+        }
+        let seed = config.seed.unwrap_or_else(rand::random);
+        let core = Core::new(CoreConfig {
+            node_type: match config.node_type {
+                Role::Passive => NodeType::Passive,
+                Role::Active => NodeType::Active,
+            },
+            listen_port: 0,
+            rendezvous: servers.clone(),
+            max_inbound: config.max_inbound,
+            max_outbound: config.max_outbound,
+            bootstrap_count: config.bootstrap_count,
+            rebootstrap_interval: config.rebootstrap_interval,
+            alone_rebootstrap_delay: config.alone_rebootstrap_delay,
+            readvertise_interval: config.readvertise_interval,
+            broadcast_ttl: config.broadcast_ttl,
+            seen_capacity: config.seen_capacity,
+            seen_lifetime: config.seen_lifetime,
+            seed,
+        });
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Net {
+            config,
+            servers,
+            core,
+            poll,
+            mio_events: Events::with_capacity(1024),
+            waker,
+            listener: None,
+            local_addr: None,
+            conns: Vec::new(),
+            index: HashMap::new(),
+            dials: HashMap::new(),
+            queries: HashMap::new(),
+            next_token: FIRST_TOKEN,
+            events: VecDeque::new(),
+            dropped_events: 0,
+            outcomes: Outcomes::default(),
+            read_buf: vec![0; READ_CHUNK],
+            started: false,
+        })
+    }
+
+    /// Opens the listening socket (unless `listen` is off). Idempotent.
+    pub fn start(&mut self) -> Result<(), NetError> {
+        if self.started {
+            return Ok(());
+        }
+        if self.config.listen {
+            let addr = SocketAddr::new(self.config.bind, self.config.port);
+            let mut listener =
+                TcpListener::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+            self.poll
+                .registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)?;
+            let local = listener.local_addr()?;
+            info!(%local, peer_id = %self.core.peer_id(), "listening");
+            self.core.set_listen_port(local.port());
+            self.local_addr = Some(local);
+            self.listener = Some(listener);
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    /// Asks the rendezvous servers for nodes (failing over in order) and starts dialing them;
+    /// returns when a server answered, or with every server's error. From then on the node
+    /// bootstraps again by itself whenever it is below `max_outbound` or alone.
+    pub fn bootstrap(&mut self) -> Result<BootstrapReport, NetError> {
+        self.start()?;
+        self.outcomes.bootstrap = None;
+        self.core.bootstrap(Instant::now());
+        let limit = self.blocking_limit();
+        self.wait_for(limit, "bootstrap", |o| o.bootstrap.take())
+    }
+
+    /// Registers this node as passive with the rendezvous (`PASSIVE READY`), and again every
+    /// `readvertise_interval`. Returns the source port the server saw. Fails for a node that
+    /// is active or not listening.
+    pub fn advertise(&mut self) -> Result<u16, NetError> {
+        self.start()?;
+        self.outcomes.advertise = None;
+        self.core.advertise(Instant::now());
+        let limit = self.blocking_limit();
+        self.wait_for(limit, "advertise", |o| o.advertise.take())
+    }
+
+    /// Detects how the NAT maps ports, PyP2P's way (five `SOURCE TCP` probes from fresh ports
+    /// to one rendezvous server).
+    pub fn detect_nat(&mut self) -> Result<NatReport, NetError> {
+        self.start()?;
+        self.outcomes.nat = None;
+        self.core.detect_nat(Instant::now());
+        let limit = self.config.query_timeout * 6 + Duration::from_secs(1);
+        self.wait_for(limit, "NAT detection", |o| o.nat.take())
+    }
+
+    /// Stops the node: sends `CLEAR <port>` if it advertised (waiting up to the query timeout),
+    /// flushes what it can, and closes every connection and the listener.
+    pub fn stop(&mut self) {
+        self.outcomes.clear = None;
+        if self.core.stop(Instant::now()) {
+            let limit = self.config.query_timeout + Duration::from_millis(500);
+            let _ = self.wait_for(limit, "clear", |o| o.clear.take().map(Ok));
+        }
+        for i in 0..self.conns.len() {
+            let _ = self.conns[i].flush();
+            let id = self.conns[i].id;
+            self.close_conn(id, "node stopped");
+        }
+        self.conns.clear();
+        self.index.clear();
+        for (_, mut dial) in self.dials.drain() {
+            let _ = self.poll.registry().deregister(&mut dial.stream);
+        }
+        for (_, mut q) in self.queries.drain() {
+            let _ = self.poll.registry().deregister(&mut q.stream);
+        }
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.started = false;
+        info!("stopped");
+    }
+
+    /// Dials `addr` (a direct connection by address); [`Event::Connected`] or
+    /// [`Event::DialFailed`] follows.
+    pub fn connect(&mut self, addr: SocketAddr) {
+        self.core.dial(addr);
+        self.apply_outputs(Instant::now());
+    }
+
+    /// Floods `line` to the whole overlay: every other node delivers it once, on the
+    /// connection it first arrived on.
+    pub fn broadcast(&mut self, line: &str) -> Result<MessageId, NetError> {
+        if line.bytes().any(|b| b == b'\n' || b == b'\r') {
+            return Err(SendError::LineBreak.into());
+        }
+        let now = Instant::now();
+        let id = self.core.broadcast(now, line);
+        self.apply_outputs(now);
+        Ok(id)
+    }
+
+    /// The address the node accepts connections on (after [`Net::start`]).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// This node's id in the overlay.
+    pub fn peer_id(&self) -> PeerId {
+        self.core.peer_id()
+    }
+
+    /// The rendezvous servers, resolved.
+    pub fn servers(&self) -> &[SocketAddr] {
+        &self.servers
+    }
+
+    /// The connections (open ones, and closed ones with unread lines), without running the
+    /// loop.
+    pub fn connections(&mut self) -> std::slice::IterMut<'_, Connection> {
+        self.conns.iter_mut()
+    }
+
+    /// Runs one non-blocking turn of the loop, then yields every connection: what
+    /// `for con in &mut net` does.
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, Connection> {
+        if let Err(e) = self.poll(Some(Duration::ZERO)) {
+            warn!(error = %e, "event loop turn failed");
+        }
+        self.conns.iter_mut()
+    }
+
+    /// Number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.core.connection_count()
+    }
+
+    /// Takes the events (connections, bootstrap results, ...) since the last call.
+    pub fn events(&mut self) -> std::collections::vec_deque::Drain<'_, Event> {
+        self.events.drain(..)
+    }
+
+    /// A handle that wakes a blocked [`Net::poll`] from another thread.
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// Runs one turn of the loop, waiting up to `timeout` for something to happen (`None`:
+    /// until something does). Zero does not wait.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> Result<(), NetError> {
+        self.start()?;
+        let now = Instant::now();
+        self.apply_outputs(now);
+        self.flush_all();
+        self.reap();
+        let wait = self.next_wait(now, timeout);
+        match self.poll.poll(&mut self.mio_events, wait) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+        let now = Instant::now();
+        let ready: Vec<(Token, bool, bool)> = self
+            .mio_events
+            .iter()
+            .map(|e| {
+                (
+                    e.token(),
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable(),
+                )
+            })
+            .collect();
+        for (token, readable, writable) in ready {
+            match token {
+                LISTENER => self.accept_all(now),
+                WAKER => {}
+                t if self.dials.contains_key(&t) => self.finish_dial(now, t),
+                t if self.queries.contains_key(&t) => self.drive_query(now, t),
+                t => {
+                    let conn = ConnId(t.0 as u64);
+                    if readable {
+                        self.read_conn(now, conn);
+                    }
+                    if writable
+                        && let Some(&i) = self.index.get(&conn)
+                        && let Err(e) = self.conns[i].flush()
+                    {
+                        self.lost(now, conn, &format!("write failed: {e}"));
+                    }
+                }
+            }
+        }
+        self.expire(now);
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+        }
+        self.apply_outputs(now);
+        self.flush_all();
+        Ok(())
+    }
+
+    /// Calls [`Net::poll`] until `done(self)` is true or `timeout` passes; returns whether it
+    /// became true.
+    pub fn poll_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&mut Net) -> bool,
+    ) -> Result<bool, NetError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(self) {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            self.poll(Some(deadline - now))?;
+        }
+    }
+
+    /// Runs the loop until `handler` breaks: after every turn, `handler(self)` reads lines,
+    /// sends, broadcasts. Blocks between turns (no spinning); use [`Net::waker`] to wake it from
+    /// another thread.
+    pub fn run(
+        &mut self,
+        mut handler: impl FnMut(&mut Net) -> ControlFlow<()>,
+    ) -> Result<(), NetError> {
+        loop {
+            self.poll(None)?;
+            if handler(self).is_break() {
+                return Ok(());
+            }
+        }
+    }
+
+    // ---- internals ----
+
+    /// How long a blocking helper waits: every server, one query timeout each, plus slack.
+    fn blocking_limit(&self) -> Duration {
+        let n = u32::try_from(self.servers.len().max(1)).unwrap_or(u32::MAX);
+        (self.config.query_timeout + self.config.connect_timeout.min(self.config.query_timeout)) * n
+            + Duration::from_secs(1)
+    }
+
+    fn wait_for<T>(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut take: impl FnMut(&mut Outcomes) -> Option<Result<T, NetError>>,
+    ) -> Result<T, NetError> {
+        self.apply_outputs(Instant::now());
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(result) = take(&mut self.outcomes) {
+                return result;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(NetError::Timeout {
+                    what: what.to_owned(),
+                    after: limit,
+                });
+            }
+            self.poll(Some(deadline - now))?;
+        }
+    }
+
+    fn next_wait(&self, now: Instant, timeout: Option<Duration>) -> Option<Duration> {
+        let mut wait = timeout;
+        let mut consider = |at: Instant| {
+            let d = at.saturating_duration_since(now);
+            wait = Some(wait.map_or(d, |w| w.min(d)));
+        };
+        if let Some(t) = self.core.poll_timeout() {
+            consider(t);
+        }
+        for d in self.dials.values() {
+            consider(d.deadline);
+        }
+        for q in self.queries.values() {
+            consider(q.deadline);
+        }
+        // Lines left unread by a closed connection keep it listed; nothing to wait for.
+        wait
+    }
+
+    fn token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    debug!(%addr, "accepted");
+                    self.add_conn(now, stream, addr, Direction::Inbound);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: leave the rest in the backlog until the next event.
+                    warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, now: Instant, mut stream: TcpStream, addr: SocketAddr, dir: Direction) {
+        let token = self.token();
+        let id = ConnId(token.0 as u64);
+        let _ = stream.set_nodelay(true);
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!(%addr, error = %e, "cannot register connection");
+            return;
+        }
+        self.index.insert(id, self.conns.len());
+        self.conns.push(Connection {
+            id,
+            addr,
+            direction: dir,
+            stream: Some(stream),
+            framer: LineFramer::new(self.config.max_line_bytes),
+            inbox: VecDeque::new(),
+            out: Vec::new(),
+            written: 0,
+            max_output: self.config.max_output_bytes,
+            close_request: None,
+            closed: None,
+        });
+        self.core.handle_open(now, id, addr, dir);
+        // A connection may already have bytes waiting (edge-triggered readiness was reported
+        // before registration only for the listener).
+        self.read_conn(now, id);
+    }
+
+    fn start_dial(&mut self, now: Instant, addr: SocketAddr) {
+        match TcpStream::connect(addr) {
+            Ok(mut stream) => {
+                let token = self.token();
+                if let Err(e) = self.poll.registry().register(
+                    &mut stream,
+                    token,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    self.core.handle_dial_failed(now, addr, &e.to_string());
+                    return;
+                }
+                debug!(%addr, "dialing");
+                self.dials.insert(
+                    token,
+                    Dial {
+                        addr,
+                        stream,
+                        deadline: now + self.config.connect_timeout,
+                    },
+                );
+            }
+            Err(e) => self.core.handle_dial_failed(now, addr, &e.to_string()),
+        }
+    }
+
+    fn finish_dial(&mut self, now: Instant, token: Token) {
+        let Some(dial) = self.dials.get(&token) else {
+            return;
+        };
+        let result = match dial.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => dial.stream.peer_addr().map(|_| ()),
+        };
+        match result {
+            Ok(()) => {
+                if let Some(mut dial) = self.dials.remove(&token) {
+                    let _ = self.poll.registry().deregister(&mut dial.stream);
+                    debug!(addr = %dial.addr, "connected");
+                    self.add_conn(now, dial.stream, dial.addr, Direction::Outbound);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {} // still connecting
+            Err(e) if e.raw_os_error() == Some(libc_einprogress()) => {}
+            Err(e) => {
+                if let Some(mut dial) = self.dials.remove(&token) {
+                    let _ = self.poll.registry().deregister(&mut dial.stream);
+                    debug!(addr = %dial.addr, error = %e, "dial failed");
+                    self.core.handle_dial_failed(now, dial.addr, &e.to_string());
+                }
+            }
+        }
+    }
+
+    fn start_query(
+        &mut self,
+        now: Instant,
+        id: QueryId,
+        server: SocketAddr,
+        lines: &[String],
+        want_reply: bool,
+    ) {
+        let mut stream = match TcpStream::connect(server) {
+            Ok(s) => s,
+            Err(e) => {
+                self.core
+                    .handle_query_done(now, id, Err(format!("cannot connect: {e}")));
+                return;
+            }
+        };
+        let token = self.token();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.core.handle_query_done(now, id, Err(e.to_string()));
+            return;
+        }
+        let mut out = Vec::new();
+        for line in lines {
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        debug!(%server, request = ?lines, "rendezvous request");
+        self.queries.insert(
+            token,
+            Query {
+                id,
+                server,
+                stream,
+                connected: false,
+                out,
+                written: 0,
+                want_reply,
+                reply: LineFramer::new(MAX_REPLY_BYTES),
+                deadline: now + self.config.query_timeout,
+            },
+        );
+    }
+
+    /// Advances a rendezvous request: connect, write, read one line.
+    fn drive_query(&mut self, now: Instant, token: Token) {
+        let Some(q) = self.queries.get_mut(&token) else {
+            return;
+        };
+        let result = Self::step_query(q, &mut self.read_buf);
+        if let Some(result) = result
+            && let Some(mut q) = self.queries.remove(&token)
+        {
+            let _ = self.poll.registry().deregister(&mut q.stream);
+            if let Err(e) = &result {
+                debug!(server = %q.server, error = %e, "rendezvous request failed");
+            }
+            self.core.handle_query_done(now, q.id, result);
+        }
+    }
+
+    /// `None`: not finished yet.
+    fn step_query(q: &mut Query, buf: &mut [u8]) -> Option<Result<QueryReply, String>> {
+        if !q.connected {
+            match q.stream.take_error() {
+                Ok(Some(e)) | Err(e) => return Some(Err(format!("cannot connect: {e}"))),
+                Ok(None) => {}
+            }
+            match q.stream.peer_addr() {
+                Ok(_) => q.connected = true,
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotConnected
+                        || e.raw_os_error() == Some(libc_einprogress()) =>
+                {
+                    return None;
+                }
+                Err(e) => return Some(Err(format!("cannot connect: {e}"))),
+            }
+        }
+        while q.written < q.out.len() {
+            match q.stream.write(&q.out[q.written..]) {
+                Ok(n) => q.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(format!("write failed: {e}"))),
+            }
+        }
+        let local = match q.stream.local_addr() {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        if !q.want_reply {
+            let _ = q.stream.shutdown(Shutdown::Write);
+            return Some(Ok(QueryReply { local, line: None }));
+        }
+        loop {
+            match q.reply.next_str() {
+                Some(Ok(line)) => {
+                    return Some(Ok(QueryReply {
+                        local,
+                        line: Some(line.to_owned()),
+                    }));
+                }
+                Some(Err(e)) => return Some(Err(format!("bad reply: {e}"))),
+                None => {}
+            }
+            match q.stream.read(buf) {
+                Ok(0) => return Some(Err("the server closed without answering".to_owned())),
+                Ok(n) => q.reply.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(format!("read failed: {e}"))),
+            }
+        }
+    }
+
+    fn read_conn(&mut self, now: Instant, conn: ConnId) {
+        let Some(&i) = self.index.get(&conn) else {
+            return;
+        };
+        let mut failure: Option<String> = None;
+        loop {
+            let c = &mut self.conns[i];
+            let Some(stream) = c.stream.as_mut() else {
+                return;
+            };
+            // mio is edge-triggered: read until WouldBlock, or until a short read (the socket
+            // had no more; new data will raise a new edge).
+            let mut drained = false;
+            match stream.read(&mut self.read_buf) {
+                Ok(0) => failure = Some("closed by peer".to_owned()),
+                Ok(n) => {
+                    c.framer.push(&self.read_buf[..n]);
+                    drained = n < self.read_buf.len();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => drained = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => failure = Some(format!("read failed: {e}")),
+            }
+            // Hand complete lines to the core (even those before an EOF: nothing is lost).
+            loop {
+                let c = &mut self.conns[i];
+                match c.framer.next_str() {
+                    None => break,
+                    Some(Ok(line)) => {
+                        if self.core.handle_line(now, conn, line) == LineVerdict::Deliver {
+                            c.inbox.push_back(line.to_owned());
+                        }
+                    }
+                    Some(Err(e @ (LineError::TooLong { .. } | LineError::NotUtf8 { .. }))) => {
+                        failure = Some(format!("protocol error: {e}"));
+                        break;
+                    }
+                }
+            }
+            if drained || failure.is_some() || !self.conns[i].is_open() {
+                break;
+            }
+        }
+        if let Some(reason) = failure {
+            self.lost(now, conn, &reason);
+        }
+    }
+
+    /// A connection broke or misbehaved: close it and tell the core.
+    fn lost(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        if self.close_conn(conn, reason) {
+            self.core.handle_closed(now, conn, reason);
+        }
+    }
+
+    /// Closes the socket; the connection stays listed until its lines are read. Returns
+    /// whether it was open.
+    fn close_conn(&mut self, conn: ConnId, reason: &str) -> bool {
+        let Some(&i) = self.index.get(&conn) else {
+            return false;
+        };
+        let c = &mut self.conns[i];
+        let Some(mut stream) = c.stream.take() else {
+            return false;
+        };
+        let _ = c.flush_on(&mut stream);
+        let _ = self.poll.registry().deregister(&mut stream);
+        let _ = stream.shutdown(Shutdown::Both);
+        c.close_request = None;
+        c.closed = Some(reason.to_owned());
+        c.out = Vec::new();
+        c.written = 0;
+        if reason.starts_with("protocol error") || reason.starts_with("peer does not read") {
+            warn!(conn = %conn, addr = %c.addr, reason, "disconnected");
+        } else {
+            debug!(conn = %conn, addr = %c.addr, reason, "disconnected");
+        }
+        true
+    }
+
+    /// Carries out what the core asked for.
+    fn apply_outputs(&mut self, now: Instant) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Send { conn, line } => {
+                    if let Some(&i) = self.index.get(&conn)
+                        && let Err(e) = self.conns[i].queue(&line)
+                    {
+                        debug!(conn = %conn, error = %e, "not sent");
+                    }
+                }
+                Output::Deliver { conn, line } => {
+                    if let Some(&i) = self.index.get(&conn) {
+                        self.conns[i].inbox.push_back(line);
+                    }
+                }
+                Output::Close { conn, reason } => {
+                    self.close_conn(conn, &reason);
+                }
+                Output::Dial { addr } => self.start_dial(now, addr),
+                Output::Query {
+                    id,
+                    server,
+                    lines,
+                    want_reply,
+                } => self.start_query(now, id, server, &lines, want_reply),
+                Output::Event(event) => self.record(event),
+            }
+        }
+    }
+
+    /// Logs an event, fills in the outcome a blocking helper may wait for, and queues it.
+    fn record(&mut self, event: Event) {
+        match &event {
+            Event::Bootstrapped {
+                server,
+                offered,
+                dialing,
+            } => {
+                info!(%server, offered, dialing, "bootstrapped");
+                self.outcomes.bootstrap = Some(Ok(BootstrapReport {
+                    server: *server,
+                    offered: *offered,
+                    dialing: *dialing,
+                }));
+            }
+            Event::Advertised {
+                server,
+                observed_port,
+            } => {
+                info!(%server, observed_port, "advertised");
+                self.outcomes.advertise = Some(Ok(*observed_port));
+            }
+            Event::Cleared { server } => {
+                debug!(%server, "registration cleared");
+                self.outcomes.clear = Some(());
+            }
+            Event::NatDetected {
+                server,
+                mapping,
+                probes,
+            } => {
+                info!(%server, %mapping, ?probes, "NAT detected");
+                self.outcomes.nat = Some(Ok(NatReport {
+                    server: *server,
+                    mapping: *mapping,
+                    probes: probes.clone(),
+                }));
+            }
+            Event::RendezvousFailed { job, errors } => {
+                warn!(%job, errors = %describe(errors), "rendezvous failed");
+                let err = || NetError::Rendezvous {
+                    job: *job,
+                    errors: errors.clone(),
+                };
+                match job {
+                    Job::Bootstrap => self.outcomes.bootstrap = Some(Err(err())),
+                    Job::Advertise => self.outcomes.advertise = Some(Err(err())),
+                    Job::Clear => self.outcomes.clear = Some(()),
+                    Job::NatProbe(_) => self.outcomes.nat = Some(Err(err())),
+                }
+            }
+            Event::Connected {
+                conn,
+                addr,
+                direction,
+            } => debug!(conn = %conn, %addr, ?direction, "connection open"),
+            Event::Disconnected { conn, addr, reason } => {
+                debug!(conn = %conn, %addr, reason, "connection closed");
+            }
+            Event::DialFailed { addr, reason } => debug!(%addr, reason, "dial failed"),
+        }
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+            self.dropped_events += 1;
+            if self.dropped_events.is_power_of_two() {
+                warn!(
+                    dropped = self.dropped_events,
+                    "the application does not drain Net::events; dropping the oldest"
+                );
+            }
+        }
+        self.events.push_back(event);
+    }
+
+    fn flush_all(&mut self) {
+        let now = Instant::now();
+        let mut broken = Vec::new();
+        for c in &mut self.conns {
+            if c.has_output()
+                && let Err(e) = c.flush()
+            {
+                broken.push((c.id, format!("write failed: {e}")));
+            }
+        }
+        for (conn, reason) in broken {
+            self.lost(now, conn, &reason);
+        }
+    }
+
+    /// Carries out close requests, times out dials and queries, and drops closed connections
+    /// whose lines have all been read.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        let requests: Vec<(ConnId, String)> = self
+            .conns
+            .iter()
+            .filter_map(|c| c.close_request.clone().map(|r| (c.id, r)))
+            .collect();
+        for (conn, reason) in requests {
+            self.lost(now, conn, &reason);
+        }
+        self.expire(now);
+        let mut i = 0;
+        while i < self.conns.len() {
+            if self.conns[i].closed.is_some() && self.conns[i].inbox.is_empty() {
+                let gone = self.conns.swap_remove(i);
+                self.index.remove(&gone.id);
+                if let Some(moved) = self.conns.get(i) {
+                    self.index.insert(moved.id, i);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<Token> = self
+            .dials
+            .iter()
+            .filter(|(_, d)| d.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            if let Some(mut dial) = self.dials.remove(&token) {
+                let _ = self.poll.registry().deregister(&mut dial.stream);
+                let reason = format!("no answer within {:?}", self.config.connect_timeout);
+                self.core.handle_dial_failed(now, dial.addr, &reason);
+            }
+        }
+        let late: Vec<Token> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| q.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            if let Some(mut q) = self.queries.remove(&token) {
+                let _ = self.poll.registry().deregister(&mut q.stream);
+                let reason = format!("no answer within {:?}", self.config.query_timeout);
+                self.core.handle_query_done(now, q.id, Err(reason));
+            }
+        }
+    }
+}
+
+impl Connection {
+    fn flush_on(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        while self.written < self.out.len() {
+            match stream.write(&self.out[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for c in &mut self.conns {
+            if let Some(mut stream) = c.stream.take() {
+                let _ = c.flush_on(&mut stream);
+            }
+        }
+    }
+}
+
+/// `for con in &mut net { .. }`: runs one non-blocking turn of the loop, then yields every
+/// connection (the PyP2P iteration model). Errors of the turn are logged, not returned; use
+/// [`Net::poll`] to see them.
+impl<'a> IntoIterator for &'a mut Net {
+    type Item = &'a mut Connection;
+    type IntoIter = std::slice::IterMut<'a, Connection>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_mut()
+    }
+}
+
+/// A non-blocking connect still in flight reports `EINPROGRESS` (see DESIGN.md).
+fn libc_einprogress() -> i32 {
+    libc::EINPROGRESS
+}
