@@ -422,7 +422,7 @@ impl Core {
             } else {
                 "only passive nodes advertise (this node is not passive)"
             };
-            self.fail(Job::Advertise, vec![(unspecified(), why.to_owned())]);
+            self.fail(now, Job::Advertise, vec![(unspecified(), why.to_owned())]);
             return;
         }
         self.advertise.enabled = true;
@@ -605,7 +605,7 @@ impl Core {
                     let next = (q.server + 1) % n;
                     self.issue(q.job, next, q.tried + 1, q.errors);
                 } else {
-                    self.fail(q.job, q.errors);
+                    self.fail(now, q.job, q.errors);
                 }
             }
         }
@@ -830,6 +830,7 @@ impl Core {
         }
         if self.config.rendezvous.is_empty() {
             self.fail(
+                now,
                 job,
                 vec![(unspecified(), "no rendezvous server configured".to_owned())],
             );
@@ -887,24 +888,25 @@ impl Core {
         });
     }
 
-    fn fail(&mut self, job: Job, errors: Vec<(SocketAddr, String)>) {
+    fn fail(&mut self, now: Instant, job: Job, errors: Vec<(SocketAddr, String)>) {
         match job {
             Job::Bootstrap => {
                 self.bootstrap.in_flight = false;
+                let retry = now + self.config.alone_rebootstrap_delay;
                 if self.bootstrap.enabled {
-                    self.bootstrap.next_at = self
-                        .bootstrap
-                        .last_started
-                        .map(|t| t + self.config.alone_rebootstrap_delay);
+                    self.bootstrap.next_at = Some(retry);
+                }
+                // The rendezvous may be down or restarting and forget us: register again as
+                // soon as it answers (the advertise retries until it does).
+                if self.advertise.enabled && !self.advertise.in_flight {
+                    self.advertise.next_at =
+                        Some(self.advertise.next_at.map_or(retry, |t| t.min(retry)));
                 }
             }
             Job::Advertise => {
                 self.advertise.in_flight = false;
                 if self.advertise.enabled {
-                    self.advertise.next_at = self
-                        .advertise
-                        .last_started
-                        .map(|t| t + self.config.alone_rebootstrap_delay);
+                    self.advertise.next_at = Some(now + self.config.alone_rebootstrap_delay);
                 }
             }
             Job::NatProbe(_) => self.nat_probes = None,

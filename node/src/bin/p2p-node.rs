@@ -1,0 +1,280 @@
+//! `p2p-node`: run a node of the overlay, or ask the rendezvous about this machine's NAT.
+
+// Doc comments here are the `--help` text, where Markdown backticks would show.
+#![allow(clippy::doc_markdown)]
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use node::core::Event;
+use node::{Config, Net, Role};
+use tracing::{info, warn};
+
+/// A peer-to-peer node: finds other nodes through a rendezvous server, keeps TCP connections
+/// to them, and floods lines across the overlay.
+///
+/// Try it on one machine (three terminals):
+///   rendezvous --listen 127.0.0.1:8000
+///   p2p-node run --rendezvous 127.0.0.1:8000 --bind 127.0.0.1
+///   p2p-node run --rendezvous 127.0.0.1:8000 --bind 127.0.0.1
+/// then type a line in one node: it appears in the other.
+///
+/// Logs go to stderr; RUST_LOG=debug shows every connection event.
+#[derive(Debug, Parser)]
+#[command(name = "p2p-node", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join the overlay: print every line received, broadcast every line typed on stdin.
+    ///
+    /// The node listens (unless --no-listen), bootstraps from the rendezvous servers (tried in
+    /// order), advertises itself when passive, and keeps its connections topped up. Stdout
+    /// gets one line per received line (with --json, one JSON object per line). Ctrl-C sends
+    /// CLEAR to the rendezvous (if advertised) and closes every connection.
+    Run(RunArgs),
+    /// Detect how this machine's NAT maps TCP ports (PyP2P's method: five `SOURCE TCP` probes
+    /// from fresh ports): preserving, delta(n) or random.
+    NatType(NatArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Rendezvous server HOST:PORT; repeat for failover (tried in order).
+    #[arg(long, value_name = "HOST:PORT")]
+    rendezvous: Vec<String>,
+    /// Address to accept connections on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Port to accept connections on (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Do not accept connections (implies --node-type active).
+    #[arg(long)]
+    no_listen: bool,
+    /// passive: advertise and accept connections; active: only dial out (behind a NAT that
+    /// forwards nothing).
+    #[arg(long, value_enum, default_value = "passive")]
+    node_type: NodeTypeArg,
+    /// Inbound connections beyond this are refused.
+    #[arg(long, default_value_t = 32)]
+    max_inbound: usize,
+    /// Bootstrap dials until this many outbound connections are open.
+    #[arg(long, default_value_t = 8)]
+    max_outbound: usize,
+    /// Also connect to this node directly (repeatable).
+    #[arg(long, value_name = "IP:PORT")]
+    connect: Vec<SocketAddr>,
+    /// Read settings from a TOML file first (see node::Config); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print received lines as JSON objects: {"from": "ip:port", "conn": N, "line": "..."}.
+    #[arg(long)]
+    json: bool,
+    /// Print "connected"/"disconnected" notices on stdout too (as JSON with --json).
+    #[arg(long)]
+    show_events: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum NodeTypeArg {
+    Passive,
+    Active,
+}
+
+#[derive(Debug, Args)]
+struct NatArgs {
+    /// Rendezvous server HOST:PORT to probe.
+    #[arg(long, value_name = "HOST:PORT", required = true)]
+    rendezvous: String,
+    /// Print one JSON object: {"server", "mapping": {"kind", "delta"?}, "probes": [[local, seen]..]}.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(&args),
+        Command::NatType(args) => nat_type(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("p2p-node: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn config_from(args: &RunArgs) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    config.rendezvous.extend(args.rendezvous.iter().cloned());
+    config.bind = args.bind;
+    config.port = args.port;
+    config.listen = !args.no_listen;
+    config.node_type = match (args.node_type, args.no_listen) {
+        (NodeTypeArg::Passive, false) => Role::Passive,
+        _ => Role::Active,
+    };
+    config.max_inbound = args.max_inbound;
+    config.max_outbound = args.max_outbound;
+    Ok(config)
+}
+
+fn run(args: &RunArgs) -> Result<()> {
+    let config = config_from(args)?;
+    if config.rendezvous.is_empty() && args.connect.is_empty() {
+        bail!("nothing to join: give --rendezvous HOST:PORT or --connect IP:PORT");
+    }
+    let has_rendezvous = !config.rendezvous.is_empty();
+    let passive = config.node_type == Role::Passive;
+    let mut net = Net::new(config)?;
+    net.start()?;
+    if has_rendezvous {
+        if passive {
+            net.advertise().context("advertising to the rendezvous")?;
+        }
+        net.bootstrap()
+            .context("bootstrapping from the rendezvous")?;
+    }
+    for addr in &args.connect {
+        net.connect(*addr);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let waker = net.waker();
+    {
+        let stop = Arc::clone(&stop);
+        let waker = Arc::clone(&waker);
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                stop.store(true, Ordering::SeqCst);
+                let _ = waker.wake();
+            }
+        });
+    }
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+            let _ = waker.wake();
+        }
+    });
+
+    let json = args.json;
+    let show_events = args.show_events;
+    let mut failure = None;
+    net.run(|net| {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for con in net.connections() {
+            let (id, from) = (con.id(), con.addr());
+            for line in con.lines() {
+                let _ = if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"from": from.to_string(), "conn": id.0, "line": line})
+                    )
+                } else {
+                    writeln!(out, "{line}")
+                };
+            }
+        }
+        let events: Vec<Event> = net.events().collect();
+        if show_events {
+            for event in events {
+                print_event(&mut out, &event, json);
+            }
+        }
+        let _ = out.flush();
+        while let Ok(line) = rx.try_recv() {
+            if let Err(e) = net.broadcast(&line) {
+                warn!(error = %e, "not broadcast");
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap_or_else(|e| failure = Some(e));
+    info!("stopping");
+    net.stop();
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+fn print_event(out: &mut impl Write, event: &Event, json: bool) {
+    let (kind, addr, detail) = match event {
+        Event::Connected {
+            addr, direction, ..
+        } => ("connected", *addr, format!("{direction:?}").to_lowercase()),
+        Event::Disconnected { addr, reason, .. } => ("disconnected", *addr, reason.clone()),
+        _ => return,
+    };
+    let _ = if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"event": kind, "peer": addr.to_string(), "detail": detail})
+        )
+    } else {
+        writeln!(out, "* {kind} {addr} ({detail})")
+    };
+}
+
+fn nat_type(args: &NatArgs) -> Result<()> {
+    let config = Config::new()
+        .with_rendezvous(args.rendezvous.clone())
+        .with_listen(false)
+        .with_node_type(Role::Active)
+        .with_query_timeout(Duration::from_secs(3));
+    let mut net = Net::new(config)?;
+    let report = net.detect_nat().context("NAT detection")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("NAT mapping: {}", report.mapping);
+        for (local, seen) in &report.probes {
+            println!(
+                "  local port {local:>5} -> seen by {} as {seen}",
+                report.server
+            );
+        }
+    }
+    Ok(())
+}
