@@ -1,0 +1,1 @@
+//! Virtual-time tests of the core.
