@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use netns_sim::lab::{Lab, LabOptions};
+use netns_sim::lab::{Lab, LabChild, LabOptions};
 use netns_sim::{NatKind, RUN_DIR, Topology, TwoNats, probe, sys};
 
 /// A NAT lab on one Linux machine: real NATs (nftables), UPnP/NAT-PMP (miniupnpd) and NTP
@@ -515,18 +515,24 @@ fn demo_steps(
         demo_upnp(lab, me)?;
     }
     let rendezvous = bin_dir.join("rendezvous");
+    let node = bin_dir.join("p2p-node");
     if rendezvous.is_file() {
         check(stop)?;
-        demo_rendezvous(lab, me, &rendezvous)?;
+        let server = demo_rendezvous(lab, me, &rendezvous)?;
+        if node.is_file() {
+            check(stop)?;
+            demo_nodes(lab, &node)?;
+        } else {
+            println!(
+                "\n(no p2p-node binary in {}: build the workspace to see the nodes step)",
+                bin_dir.display()
+            );
+        }
+        drop(server);
     } else {
         println!(
-            "\n(no rendezvous binary in {}: build the workspace to see the rendezvous step)",
+            "\n(no rendezvous binary in {}: build the workspace to see the rendezvous and node steps)",
             bin_dir.display()
-        );
-    }
-    if bin_dir.join("p2p-node").is_file() {
-        println!(
-            "(p2p-node found; the node-to-node broadcast step is not wired into the demo yet)"
         );
     }
     drop(server);
@@ -571,8 +577,83 @@ fn demo_upnp(lab: &Lab, me: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Demo step: the workspace's rendezvous server on pub answers alice's `SOURCE TCP`.
-fn demo_rendezvous(lab: &Lab, me: &Path, rendezvous: &Path) -> Result<()> {
+/// Demo step: the overlay. A passive node on pub; alice and bob, active behind their NATs,
+/// bootstrap from the rendezvous, connect to it, and each broadcasts a line the other receives.
+fn demo_nodes(lab: &Lab, node: &Path) -> Result<()> {
+    let pub_ip = lab.addr("pub");
+    let rendezvous = format!("{pub_ip}:8000");
+    println!("\n== 6. p2p-node: alice and bob join the overlay and broadcast");
+    let wait = Duration::from_secs(10);
+    let hub = lab.spawn(
+        "pub",
+        Command::new(node).args([
+            "run",
+            "--rendezvous",
+            &rendezvous,
+            "--bind",
+            &pub_ip.to_string(),
+            "--port",
+            "7100",
+            "--show-events",
+        ]),
+    )?;
+    let hub_ready = Instant::now() + wait;
+    while !hub.stderr().contains("advertised") {
+        if Instant::now() > hub_ready {
+            bail!(
+                "the node on pub did not advertise; its stderr: {}",
+                hub.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("   pub: a passive node on {pub_ip}:7100, registered with the rendezvous");
+    let mut peers = Vec::new();
+    for who in ["alice", "bob"] {
+        let child = lab.spawn(
+            who,
+            Command::new(node).args([
+                "run",
+                "--rendezvous",
+                &rendezvous,
+                "--no-listen",
+                "--show-events",
+            ]),
+        )?;
+        child
+            .wait_for_stdout("* connected", wait)
+            .with_context(|| format!("{who} did not connect; its stderr: {}", child.stderr()))?;
+        println!(
+            "   {who} ({}): bootstrapped and connected to pub's node",
+            lab.addr(who)
+        );
+        peers.push(child);
+    }
+    let lines = [
+        "hello from alice, behind nat-a",
+        "hello from bob, behind nat-b",
+    ];
+    for (i, line) in lines.iter().enumerate() {
+        peers[i].send_line(line)?;
+        let other = &peers[1 - i];
+        other
+            .wait_for_stdout(line, wait)
+            .with_context(|| format!("the broadcast did not arrive; stderr: {}", other.stderr()))?;
+        let (from, to) = if i == 0 {
+            ("alice", "bob")
+        } else {
+            ("bob", "alice")
+        };
+        println!("   {from} broadcasts {line:?}  ->  {to} prints it");
+    }
+    drop(peers);
+    drop(hub);
+    Ok(())
+}
+
+/// Demo step: the workspace's rendezvous server on pub answers alice's `SOURCE TCP`; the
+/// server keeps running (for the nodes step) until the returned child is dropped.
+fn demo_rendezvous(lab: &Lab, me: &Path, rendezvous: &Path) -> Result<LabChild> {
     let pub_ip = lab.addr("pub");
     println!("\n== 5. the rendezvous server on pub ({pub_ip}:8000)");
     let listen = format!("{pub_ip}:8000");
@@ -603,6 +684,5 @@ fn demo_rendezvous(lab: &Lab, me: &Path, rendezvous: &Path) -> Result<()> {
         }
     };
     println!("   alice: SOURCE TCP  ->  rendezvous: {reply}");
-    drop(server);
-    Ok(())
+    Ok(server)
 }
