@@ -215,6 +215,11 @@ impl Connection {
         self.closed.as_deref()
     }
 
+    /// Bytes queued for the peer and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.len() - self.written
+    }
+
     /// Takes every line received so far (plain lines and broadcasts delivered here), oldest
     /// first, without terminators.
     pub fn lines(&mut self) -> std::collections::vec_deque::Drain<'_, String> {
