@@ -1,9 +1,23 @@
 //! A peer-to-peer line-protocol node, and the wire types its servers share with it.
 //!
-//! This first part holds the sans-IO protocol core in [`proto`]: the bounded line framer and the
-//! rendezvous server's messages (PyP2P-compatible). The servers (`rendezvous`, and later
-//! `forwarding-check` and `dht-msg`) depend on this crate so that client and server share one
-//! parser for every wire type.
+//! ```text
+//!   application ──for con in &mut net / net.broadcast / net.poll──▶ net::Net (mio driver)
+//!                                                                    │  sockets, timers
+//!                      handle_*(now, ..) ▲          ▼ poll_output()  │
+//!                                   core::Core (sans-IO: overlay, seen-cache, bootstrap,
+//!                                   advertise, failover, NAT detection; time passed in)
+//!                                        │ uses
+//!                                   proto::{line, rendezvous, overlay, nat}, unl, http
+//! ```
+//!
+//! - [`net::Net`] is the node an application uses (see its module docs for the PyP2P-style
+//!   loop). It owns the sockets and never looks at protocol verbs.
+//! - [`core::Core`] decides everything and never touches a socket or a clock. **Drain
+//!   contract:** after every `handle_*` call the driver drains `poll_output()` until `None`
+//!   before waiting for I/O again; timers come out of `poll_timeout()` and go back in through
+//!   `handle_timeout(now)`.
+//! - [`proto`] holds the wire types shared with the servers (`rendezvous`, `forwarding-check`,
+//!   `dht-msg` depend on this crate so client and server share one parser per wire type).
 
 pub mod config;
 pub mod core;
