@@ -243,12 +243,9 @@ impl Server {
                     self.core.handle_eof(now, id);
                     return;
                 }
-                Ok(n) => {
-                    self.core.handle_data(now, id, &buf[..n]);
-                    if n < buf.len() {
-                        return;
-                    }
-                }
+                // Read on until WouldBlock even after a short read: a FIN that arrived with
+                // the data raises no new edge, so stopping early would miss the EOF.
+                Ok(n) => self.core.handle_data(now, id, &buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
