@@ -351,7 +351,13 @@ impl Core {
             return;
         }
         let room = max.saturating_sub(conn.head.len());
-        conn.head.extend_from_slice(&data[..data.len().min(room)]);
+        let taken = &data[..data.len().min(room)];
+        conn.head.extend_from_slice(taken);
+        // A head can only end with a newline: parsing again only when one arrives keeps a
+        // client that trickles single bytes from costing a full re-parse per byte.
+        if !taken.contains(&b'\n') && conn.head.len() < max {
+            return;
+        }
         match Request::parse(&conn.head, max) {
             Err(e) if e.is_partial() => {}
             Err(e) => {

@@ -23,7 +23,10 @@
 //! - It dials back **only the caller's observed source IP**. The request chooses the port and
 //!   nothing else: a parameter that could name an address (`ip=`, `host=`, `addr=`, `target=`,
 //!   ..., or any value that is an IP address) is refused with 400, as is any unknown or
-//!   repeated parameter. So it cannot be used to scan third parties.
+//!   repeated parameter. So it cannot be used to scan third parties. For the same reason
+//!   `X-Forwarded-For` and friends are ignored (the caller controls them): run it directly on
+//!   a public address, not behind a reverse proxy or load balancer, or every caller would be
+//!   seen as the proxy.
 //! - UDP is not supported (`proto=UDP` gets 400): a UDP probe cannot tell an open port from one
 //!   that silently drops packets, and we will not pretend.
 //! - Per-IP (IPv6: per /64) token bucket on checks (default 10 a minute, bursts of 5) → 429
