@@ -577,7 +577,7 @@ impl Net {
             Err(e) => return Err(e.into()),
         }
         let now = Instant::now();
-        let ready: Vec<(Token, bool, bool)> = self
+        let ready: Vec<(Token, bool, bool, bool)> = self
             .mio_events
             .iter()
             .map(|e| {
@@ -585,10 +585,11 @@ impl Net {
                     e.token(),
                     e.is_readable() || e.is_read_closed() || e.is_error(),
                     e.is_writable(),
+                    e.is_read_closed() || e.is_error(),
                 )
             })
             .collect();
-        for (token, readable, writable) in ready {
+        for (token, readable, writable, closing) in ready {
             match token {
                 LISTENER => self.accept_all(now),
                 WAKER => {}
@@ -597,7 +598,7 @@ impl Net {
                 t => {
                     let conn = ConnId(t.0 as u64);
                     if readable {
-                        self.read_conn(now, conn);
+                        self.read_conn(now, conn, closing);
                     }
                     if writable
                         && let Some(&i) = self.index.get(&conn)
@@ -757,9 +758,8 @@ impl Net {
             closed: None,
         });
         self.core.handle_open(now, id, addr, dir);
-        // A connection may already have bytes waiting (edge-triggered readiness was reported
-        // before registration only for the listener).
-        self.read_conn(now, id);
+        // A connection may already have bytes (or a FIN) waiting: read until WouldBlock.
+        self.read_conn(now, id, true);
     }
 
     fn start_dial(&mut self, now: Instant, addr: SocketAddr) {
@@ -935,7 +935,9 @@ impl Net {
         }
     }
 
-    fn read_conn(&mut self, now: Instant, conn: ConnId) {
+    /// Reads what `conn` has into the core. `closing`: the event also reported the peer's FIN
+    /// (or an error), which raises no further edge, so read on until EOF.
+    fn read_conn(&mut self, now: Instant, conn: ConnId, closing: bool) {
         let Some(&i) = self.index.get(&conn) else {
             return;
         };
@@ -946,13 +948,13 @@ impl Net {
                 return;
             };
             // mio is edge-triggered: read until WouldBlock, or until a short read (the socket
-            // had no more; new data will raise a new edge).
+            // had no more; new data will raise a new edge), unless the FIN already came.
             let mut drained = false;
             match stream.read(&mut self.read_buf) {
                 Ok(0) => failure = Some("closed by peer".to_owned()),
                 Ok(n) => {
                     c.framer.push(&self.read_buf[..n]);
-                    drained = n < self.read_buf.len();
+                    drained = n < self.read_buf.len() && !closing;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => drained = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -118,7 +118,8 @@ impl Server {
                     Token(id) => {
                         let id = ConnId(id);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(now, id, &mut buf);
+                            let closing = event.is_read_closed() || event.is_error();
+                            self.read(now, id, &mut buf, closing);
                         }
                         if event.is_writable() {
                             self.flush(id);
@@ -218,7 +219,9 @@ impl Server {
         }
     }
 
-    fn read(&mut self, now: Instant, id: ConnId, buf: &mut [u8]) {
+    /// Reads what the socket has. `closing`: the event also reported the peer's FIN (or an
+    /// error), which raises no further edge, so read on until EOF.
+    fn read(&mut self, now: Instant, id: ConnId, buf: &mut [u8], closing: bool) {
         loop {
             let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
                 return;
@@ -232,7 +235,8 @@ impl Server {
                     self.core.handle_data(now, id, &buf[..n]);
                     // A short read emptied the socket's receive queue, so the next data raises
                     // a new edge: no need for the extra read that would return WouldBlock.
-                    if n < buf.len() {
+                    // Not when the FIN came with this event: it raises no new edge.
+                    if n < buf.len() && !closing {
                         return;
                     }
                 }

@@ -326,3 +326,25 @@ fn binary_serves_and_stops_on_sigterm() {
     assert!(log.contains("shutting down"), "{log}");
     assert!(c.is_closed());
 }
+
+#[test]
+fn a_request_sent_with_the_fin_is_answered_and_the_connection_closed_at_once() {
+    // Data and FIN can arrive in one readiness event; the FIN raises no second edge, so a
+    // driver that stops at a short read would only notice at the idle timeout (120 s).
+    let server = start(Config::default());
+    for _ in 0..20 {
+        let mut c = Client::from("127.0.0.1", server.addr());
+        c.stream.write_all(b"SOURCE TCP\r\n").unwrap();
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let started = Instant::now();
+        let mut all = String::new();
+        c.reader.read_to_string(&mut all).unwrap();
+        assert!(all.starts_with("REMOTE TCP "), "{all:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "closed after {:?}",
+            started.elapsed()
+        );
+    }
+    server.stop().unwrap();
+}

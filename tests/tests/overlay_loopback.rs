@@ -251,3 +251,28 @@ fn the_overlay_keeps_flooding_when_the_rendezvous_goes_down_and_nodes_re_registe
     );
     rv.stop().unwrap();
 }
+
+#[test]
+fn a_peer_that_sends_and_closes_at_once_is_read_and_then_dropped() {
+    // The data and the FIN can arrive in one readiness event; the FIN raises no new edge.
+    let mut a = Net::new(Config::new().with_bind("127.0.0.1".parse().unwrap())).unwrap();
+    a.start().unwrap();
+    for i in 0..20 {
+        let mut raw = TcpStream::connect(a.local_addr().unwrap()).unwrap();
+        raw.write_all(format!("last words {i}\r\n").as_bytes())
+            .unwrap();
+        drop(raw);
+    }
+    let mut got = Vec::new();
+    let done = a
+        .poll_until(Duration::from_secs(3), |a| {
+            got.extend(take_lines(a));
+            got.len() == 20 && a.connection_count() == 0
+        })
+        .unwrap();
+    assert!(
+        done,
+        "lines {got:?}, {} connections still open",
+        a.connection_count()
+    );
+}
