@@ -416,14 +416,17 @@ impl Core {
 
     /// Loads persisted state (at start-up, before any connection). Records that expired while
     /// the server was down are dropped, and their deletion is queued for the store. Limits are
-    /// not applied: nothing that was accepted is dropped because a limit was lowered.
+    /// not applied: nothing that was accepted is dropped because a limit was lowered. New
+    /// message ids start at `next_message_id` (or after the largest restored id).
     pub fn restore(
         &mut self,
         now: Instant,
         mailboxes: Vec<MailboxRecord>,
         mut messages: Vec<MessageRecord>,
+        next_message_id: u64,
     ) -> Restored {
         let mut restored = Restored::default();
+        self.next_message_id = self.next_message_id.max(next_message_id);
         let now_ms = self.unix_ms(now);
         for record in mailboxes {
             let seen_ms_ago = now_ms.saturating_sub(record.last_seen_unix_ms);

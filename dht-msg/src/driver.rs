@@ -84,7 +84,12 @@ impl Server {
             Some(dir) => {
                 let (store, snapshot) = Store::open(&dir, new_salt).map_err(io::Error::other)?;
                 let mut core = Core::new(config, snapshot.salt, true, now, SystemTime::now());
-                let restored = core.restore(now, snapshot.mailboxes, snapshot.messages);
+                let restored = core.restore(
+                    now,
+                    snapshot.mailboxes,
+                    snapshot.messages,
+                    snapshot.next_message_id,
+                );
                 info!(
                     db = %store.path().display(),
                     mailboxes = restored.mailboxes,

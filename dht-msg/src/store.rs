@@ -63,6 +63,9 @@ pub struct Snapshot {
     pub mailboxes: Vec<MailboxRecord>,
     /// Every message.
     pub messages: Vec<MessageRecord>,
+    /// One more than the largest message id ever stored (ids are never reused, even after
+    /// every message was deleted).
+    pub next_message_id: u64,
 }
 
 /// An open data directory.
@@ -105,6 +108,11 @@ impl Store {
                 .get("salt")
                 .map_err(|e| err(e.into()))?
                 .map(|v| v.value().to_vec());
+            snapshot.next_message_id = meta
+                .get("next_message_id")
+                .map_err(|e| err(e.into()))?
+                .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                .map_or(1, u64::from_le_bytes);
             if let Some(salt) = stored {
                 snapshot.salt = salt
                     .as_slice()
@@ -180,6 +188,18 @@ impl Store {
         let err = |e: redb::Error| db_error(&self.path, e);
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         {
+            let next_id = ops
+                .iter()
+                .filter_map(|op| match op {
+                    StoreOp::PutMessage(m) => Some(m.id.0.saturating_add(1)),
+                    _ => None,
+                })
+                .max();
+            if let Some(next_id) = next_id {
+                let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+                meta.insert("next_message_id", next_id.to_le_bytes().as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
             let mut mailboxes = txn.open_table(MAILBOXES).map_err(|e| err(e.into()))?;
             let mut messages = txn.open_table(MESSAGES).map_err(|e| err(e.into()))?;
             for op in ops {
@@ -281,6 +301,7 @@ mod tests {
             snapshot.messages,
             vec![message(1, "one"), message(3, "three")]
         );
+        assert_eq!(snapshot.next_message_id, 4);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

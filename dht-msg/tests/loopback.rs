@@ -363,7 +363,18 @@ fn a_restart_with_data_dir_keeps_undelivered_messages() {
     // New ids continue after the old ones.
     let mut alice = Client::register("127.0.0.3", second.addr, "alice", "pw");
     assert_eq!(alice.ask("PUT bob msg 4"), "OK PUT 4");
+    assert_eq!(bob.recv(), "MSG 4 alice msg 4");
+    for i in 2..=4 {
+        assert_eq!(bob.ask(&format!("ACK {i}")), format!("OK ACK {i}"));
+    }
+    second.signal("-TERM");
     drop(second);
+
+    // Nothing pending any more: ids still never repeat.
+    let third = Binary::spawn(Some(&dir));
+    let mut alice = Client::register("127.0.0.3", third.addr, "alice", "pw");
+    assert_eq!(alice.ask("PUT bob msg 5"), "OK PUT 5");
+    drop(third);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -800,7 +800,7 @@ fn store_ops_follow_every_change_and_restore_rebuilds_the_state() {
     records.push(expired);
     let restored = h2
         .core
-        .restore(h2.now, mailboxes.into_values().collect(), records);
+        .restore(h2.now, mailboxes.into_values().collect(), records, 1);
     assert_eq!(
         restored,
         Restored {
