@@ -167,7 +167,8 @@ impl Server {
                     Token(id) => {
                         let id = ConnId(id);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(now, id, &mut buf);
+                            let closing = event.is_read_closed() || event.is_error();
+                            self.read(now, id, &mut buf, closing);
                         }
                         if event.is_writable() {
                             self.writable.push(id);
@@ -281,7 +282,9 @@ impl Server {
         }
     }
 
-    fn read(&mut self, now: Instant, id: ConnId, buf: &mut [u8]) {
+    /// `closing`: the event also reported the peer's FIN (or an error), which raises no
+    /// further edge, so read on until EOF.
+    fn read(&mut self, now: Instant, id: ConnId, buf: &mut [u8], closing: bool) {
         loop {
             let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
                 return;
@@ -293,8 +296,9 @@ impl Server {
                 }
                 Ok(n) => {
                     self.core.handle_data(now, id, &buf[..n]);
-                    // A short read emptied the receive queue: the next data raises a new edge.
-                    if n < buf.len() {
+                    // A short read emptied the receive queue: the next data raises a new edge
+                    // (not when the FIN came with this event).
+                    if n < buf.len() && !closing {
                         return;
                     }
                 }
