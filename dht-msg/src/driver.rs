@@ -6,15 +6,13 @@
 //! `OK PUT` is never sent for a message that is not on disk, and a burst of `PUT`s costs one
 //! disk sync rather than one each.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
+use node::server::{ReadStep, ShutdownHandle, is_fd_exhaustion, read_step};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -29,24 +27,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const FD_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
-/// Stops a running [`Server`] from another thread (or a signal handler thread).
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl ShutdownHandle {
-    /// Asks the server to stop: it stops accepting, commits and flushes what it can and closes
-    /// every connection. Returns at once; [`Server::run`] returns when done.
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Err(e) = self.waker.wake() {
-            warn!("could not wake the event loop for shutdown: {e}");
-        }
-    }
-}
-
 /// A mailbox server bound to a listener, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
@@ -57,8 +37,7 @@ pub struct Server {
     store: Option<Store>,
     streams: Vec<Option<TcpStream>>,
     writable: Vec<ConnId>,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    shutdown: ShutdownHandle,
     accept_paused_until: Option<Instant>,
     last_fd_warning: Option<Instant>,
     fd_refusals: u64,
@@ -77,7 +56,7 @@ impl Server {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let shutdown = ShutdownHandle::new(poll.registry(), WAKER)?;
         let new_salt: [u8; 32] = rand::random();
         let now = Instant::now();
         let (core, store) = match config.data_dir.clone() {
@@ -112,8 +91,7 @@ impl Server {
             store,
             streams: Vec::new(),
             writable: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
+            shutdown,
             accept_paused_until: None,
             last_fd_warning: None,
             fd_refusals: 0,
@@ -135,10 +113,7 @@ impl Server {
 
     /// A handle that stops the server from elsewhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            stop: Arc::clone(&self.stop),
-            waker: Arc::clone(&self.waker),
-        }
+        self.shutdown.clone()
     }
 
     /// Runs the event loop until [`ShutdownHandle::shutdown`]; returns the final counters.
@@ -152,7 +127,7 @@ impl Server {
             persistent = self.store.is_some(),
             "dht-msg listening (line protocol and HTTP on one port)"
         );
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.shutdown.is_requested() {
             let timeout = Some(self.next_wakeup().saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -289,22 +264,19 @@ impl Server {
             let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
                 return;
             };
-            match stream.read(buf) {
-                Ok(0) => {
-                    self.core.handle_eof(id);
-                    return;
-                }
-                Ok(n) => {
-                    self.core.handle_data(now, id, &buf[..n]);
-                    // A short read emptied the receive queue: the next data raises a new edge
-                    // (not when the FIN came with this event).
-                    if n < buf.len() && !closing {
+            match read_step(stream, buf, closing) {
+                ReadStep::Data { len, more } => {
+                    self.core.handle_data(now, id, &buf[..len]);
+                    if !more {
                         return;
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
+                ReadStep::Blocked => return,
+                ReadStep::Eof => {
+                    self.core.handle_eof(id);
+                    return;
+                }
+                ReadStep::Failed(e) => {
                     debug!(conn = id.0, "read failed: {e}");
                     self.core.handle_eof(id);
                     return;
@@ -365,57 +337,27 @@ impl Server {
     }
 }
 
-fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+impl node::server::Serve for Server {
+    type Config = Config;
+    type Stats = Stats;
+    const NAME: &'static str = "dht-msg";
+
+    fn bind(addr: SocketAddr, config: Config) -> io::Result<Server> {
+        Server::bind(addr, config)
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        Server::local_addr(self)
+    }
+
+    fn shutdown_handle(&self) -> ShutdownHandle {
+        Server::shutdown_handle(self)
+    }
+
+    fn run(self) -> io::Result<Stats> {
+        Server::run(self)
+    }
 }
 
 /// A server running on its own thread; stopped and joined on drop. Meant for tests and benches.
-#[derive(Debug)]
-pub struct RunningServer {
-    addr: SocketAddr,
-    handle: ShutdownHandle,
-    thread: Option<JoinHandle<io::Result<Stats>>>,
-}
-
-impl RunningServer {
-    /// Binds `addr` (use port 0 for any) and runs the server on a new thread.
-    pub fn start(addr: SocketAddr, config: Config) -> io::Result<RunningServer> {
-        let server = Server::bind(addr, config)?;
-        let addr = server.local_addr();
-        let handle = server.shutdown_handle();
-        let thread = std::thread::Builder::new()
-            .name(format!("dht-msg-{addr}"))
-            .spawn(move || server.run())?;
-        Ok(RunningServer {
-            addr,
-            handle,
-            thread: Some(thread),
-        })
-    }
-
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops it and returns its final counters.
-    pub fn stop(mut self) -> io::Result<Stats> {
-        self.stop_and_join()
-    }
-
-    fn stop_and_join(&mut self) -> io::Result<Stats> {
-        self.handle.shutdown();
-        match self.thread.take() {
-            Some(thread) => thread
-                .join()
-                .map_err(|_| io::Error::other("dht-msg thread panicked"))?,
-            None => Ok(Stats::default()),
-        }
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        let _ = self.stop_and_join();
-    }
-}
+pub type RunningServer = node::server::RunningServer<Server>;

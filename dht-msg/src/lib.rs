@@ -83,4 +83,5 @@ pub mod store;
 pub mod wire;
 
 pub use config::Config;
-pub use driver::{RunningServer, Server, ShutdownHandle};
+pub use driver::{RunningServer, Server};
+pub use node::server::ShutdownHandle;

@@ -3,15 +3,13 @@
 //! the core keeps. It never looks at HTTP.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
+use node::server::{ReadStep, ShutdownHandle, is_fd_exhaustion, read_step};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -28,24 +26,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const FD_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
-/// Stops a running [`Server`] from another thread (or a signal handler thread).
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl ShutdownHandle {
-    /// Asks the server to stop: it stops accepting, abandons dial-backs, flushes what it can
-    /// and closes every connection. Returns at once; [`Server::run`] returns when done.
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Err(e) = self.waker.wake() {
-            warn!("could not wake the event loop for shutdown: {e}");
-        }
-    }
-}
-
 /// A forwarding-check server bound to a listener, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
@@ -55,8 +35,7 @@ pub struct Server {
     core: Core,
     streams: Vec<Option<TcpStream>>,
     dials: HashMap<CheckId, TcpStream>,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    shutdown: ShutdownHandle,
     accept_paused_until: Option<Instant>,
     last_fd_warning: Option<Instant>,
     fd_refusals: u64,
@@ -71,7 +50,7 @@ impl Server {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let shutdown = ShutdownHandle::new(poll.registry(), WAKER)?;
         Ok(Server {
             poll,
             listener,
@@ -79,8 +58,7 @@ impl Server {
             core: Core::new(config, Instant::now()),
             streams: Vec::new(),
             dials: HashMap::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
+            shutdown,
             accept_paused_until: None,
             last_fd_warning: None,
             fd_refusals: 0,
@@ -99,10 +77,7 @@ impl Server {
 
     /// A handle that stops the server from elsewhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            stop: Arc::clone(&self.stop),
-            waker: Arc::clone(&self.waker),
-        }
+        self.shutdown.clone()
     }
 
     /// Runs the event loop until [`ShutdownHandle::shutdown`]; returns the final counters.
@@ -110,7 +85,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
         info!(addr = %self.local_addr, "forwarding-check listening");
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.shutdown.is_requested() {
             let timeout = Some(self.next_wakeup().saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -128,7 +103,8 @@ impl Server {
                     Token(id) => {
                         let id = ConnId(id);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(now, id, &mut buf);
+                            let closing = event.is_read_closed() || event.is_error();
+                            self.read(now, id, &mut buf, closing);
                         }
                         if event.is_writable() {
                             self.flush(now, id);
@@ -233,22 +209,25 @@ impl Server {
         }
     }
 
-    fn read(&mut self, now: Instant, id: ConnId, buf: &mut [u8]) {
+    /// Reads what the socket has (see [`read_step`] for when to stop).
+    fn read(&mut self, now: Instant, id: ConnId, buf: &mut [u8], closing: bool) {
         loop {
             let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
                 return;
             };
-            match stream.read(buf) {
-                Ok(0) => {
+            match read_step(stream, buf, closing) {
+                ReadStep::Data { len, more } => {
+                    self.core.handle_data(now, id, &buf[..len]);
+                    if !more {
+                        return;
+                    }
+                }
+                ReadStep::Blocked => return,
+                ReadStep::Eof => {
                     self.core.handle_eof(now, id);
                     return;
                 }
-                // Read on until WouldBlock even after a short read: a FIN that arrived with
-                // the data raises no new edge, so stopping early would miss the EOF.
-                Ok(n) => self.core.handle_data(now, id, &buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
+                ReadStep::Failed(e) => {
                     self.core.handle_reset(id, &format!("read failed: {e}"));
                     return;
                 }
@@ -363,57 +342,27 @@ fn classify(e: &io::Error) -> DialOutcome {
     }
 }
 
-fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-}
+impl node::server::Serve for Server {
+    type Config = Config;
+    type Stats = Stats;
+    const NAME: &'static str = "forwarding-check";
 
-/// A server running on its own thread; stopped and joined on drop. Meant for tests.
-#[derive(Debug)]
-pub struct RunningServer {
-    addr: SocketAddr,
-    handle: ShutdownHandle,
-    thread: Option<JoinHandle<io::Result<Stats>>>,
-}
-
-impl RunningServer {
-    /// Binds `addr` (use port 0 for any) and runs the server on a new thread.
-    pub fn start(addr: SocketAddr, config: Config) -> io::Result<RunningServer> {
-        let server = Server::bind(addr, config)?;
-        let addr = server.local_addr();
-        let handle = server.shutdown_handle();
-        let thread = std::thread::Builder::new()
-            .name(format!("forwarding-check-{addr}"))
-            .spawn(move || server.run())?;
-        Ok(RunningServer {
-            addr,
-            handle,
-            thread: Some(thread),
-        })
+    fn bind(addr: SocketAddr, config: Config) -> io::Result<Server> {
+        Server::bind(addr, config)
     }
 
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    fn local_addr(&self) -> SocketAddr {
+        Server::local_addr(self)
     }
 
-    /// Stops it and returns its final counters.
-    pub fn stop(mut self) -> io::Result<Stats> {
-        self.stop_and_join()
+    fn shutdown_handle(&self) -> ShutdownHandle {
+        Server::shutdown_handle(self)
     }
 
-    fn stop_and_join(&mut self) -> io::Result<Stats> {
-        self.handle.shutdown();
-        match self.thread.take() {
-            Some(thread) => thread
-                .join()
-                .map_err(|_| io::Error::other("forwarding-check thread panicked"))?,
-            None => Ok(Stats::default()),
-        }
+    fn run(self) -> io::Result<Stats> {
+        Server::run(self)
     }
 }
 
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        let _ = self.stop_and_join();
-    }
-}
+/// A server running on its own thread; stopped and joined on drop. Meant for tests and benches.
+pub type RunningServer = node::server::RunningServer<Server>;

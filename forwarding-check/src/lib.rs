@@ -79,4 +79,5 @@ mod driver;
 pub mod rate;
 
 pub use config::Config;
-pub use driver::{RunningServer, Server, ShutdownHandle};
+pub use driver::{RunningServer, Server};
+pub use node::server::ShutdownHandle;

@@ -56,6 +56,7 @@ use crate::proto::line::{LineError, LineFramer};
 use crate::proto::nat::NatMapping;
 use crate::proto::overlay::{MessageId, PeerId};
 use crate::proto::rendezvous::NodeType;
+use crate::server::{ReadStep, read_step};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -947,18 +948,15 @@ impl Net {
             let Some(stream) = c.stream.as_mut() else {
                 return;
             };
-            // mio is edge-triggered: read until WouldBlock, or until a short read (the socket
-            // had no more; new data will raise a new edge), unless the FIN already came.
             let mut drained = false;
-            match stream.read(&mut self.read_buf) {
-                Ok(0) => failure = Some("closed by peer".to_owned()),
-                Ok(n) => {
-                    c.framer.push(&self.read_buf[..n]);
-                    drained = n < self.read_buf.len() && !closing;
+            match read_step(stream, &mut self.read_buf, closing) {
+                ReadStep::Data { len, more } => {
+                    c.framer.push(&self.read_buf[..len]);
+                    drained = !more;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => drained = true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => failure = Some(format!("read failed: {e}")),
+                ReadStep::Eof => failure = Some("closed by peer".to_owned()),
+                ReadStep::Blocked => drained = true,
+                ReadStep::Failed(e) => failure = Some(format!("read failed: {e}")),
             }
             // Hand complete lines to the core (even those before an EOF: nothing is lost).
             loop {

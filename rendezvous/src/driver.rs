@@ -1,15 +1,13 @@
 //! The mio event loop: translates socket readiness into [`Core`] calls and carries out its
 //! [`Action`]s. It never looks at protocol verbs.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
+use node::server::{ReadStep, ShutdownHandle, is_fd_exhaustion, read_step};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -23,24 +21,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const FD_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
-/// Stops a running [`Server`] from another thread (or a signal handler thread).
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl ShutdownHandle {
-    /// Asks the server to stop: it stops accepting, flushes what it can and closes every
-    /// connection. Returns at once; [`Server::run`] returns when done.
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Err(e) = self.waker.wake() {
-            warn!("could not wake the event loop for shutdown: {e}");
-        }
-    }
-}
-
 /// A rendezvous server bound to a listener, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
@@ -49,8 +29,7 @@ pub struct Server {
     local_addr: SocketAddr,
     core: Core,
     streams: Vec<Option<TcpStream>>,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    shutdown: ShutdownHandle,
     accept_paused_until: Option<Instant>,
     last_fd_warning: Option<Instant>,
     fd_refusals: u64,
@@ -65,15 +44,14 @@ impl Server {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let shutdown = ShutdownHandle::new(poll.registry(), WAKER)?;
         Ok(Server {
             poll,
             listener,
             local_addr,
             core: Core::new(config, Instant::now(), SystemTime::now()),
             streams: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
+            shutdown,
             accept_paused_until: None,
             last_fd_warning: None,
             fd_refusals: 0,
@@ -92,10 +70,7 @@ impl Server {
 
     /// A handle that stops the server from elsewhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            stop: Arc::clone(&self.stop),
-            waker: Arc::clone(&self.waker),
-        }
+        self.shutdown.clone()
     }
 
     /// Runs the event loop until [`ShutdownHandle::shutdown`]; returns the final counters.
@@ -103,7 +78,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
         info!(addr = %self.local_addr, "rendezvous listening");
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.shutdown.is_requested() {
             let timeout = Some(self.next_wakeup().saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -226,23 +201,19 @@ impl Server {
             let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
                 return;
             };
-            match stream.read(buf) {
-                Ok(0) => {
-                    self.core.handle_eof(id);
-                    return;
-                }
-                Ok(n) => {
-                    self.core.handle_data(now, id, &buf[..n]);
-                    // A short read emptied the socket's receive queue, so the next data raises
-                    // a new edge: no need for the extra read that would return WouldBlock.
-                    // Not when the FIN came with this event: it raises no new edge.
-                    if n < buf.len() && !closing {
+            match read_step(stream, buf, closing) {
+                ReadStep::Data { len, more } => {
+                    self.core.handle_data(now, id, &buf[..len]);
+                    if !more {
                         return;
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
+                ReadStep::Blocked => return,
+                ReadStep::Eof => {
+                    self.core.handle_eof(id);
+                    return;
+                }
+                ReadStep::Failed(e) => {
                     debug!(conn = id.0, "read failed: {e}");
                     self.core.handle_eof(id);
                     return;
@@ -303,57 +274,27 @@ impl Server {
     }
 }
 
-fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+impl node::server::Serve for Server {
+    type Config = Config;
+    type Stats = Stats;
+    const NAME: &'static str = "rendezvous";
+
+    fn bind(addr: SocketAddr, config: Config) -> io::Result<Server> {
+        Server::bind(addr, config)
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        Server::local_addr(self)
+    }
+
+    fn shutdown_handle(&self) -> ShutdownHandle {
+        Server::shutdown_handle(self)
+    }
+
+    fn run(self) -> io::Result<Stats> {
+        Server::run(self)
+    }
 }
 
 /// A server running on its own thread; stopped and joined on drop. Meant for tests and benches.
-#[derive(Debug)]
-pub struct RunningServer {
-    addr: SocketAddr,
-    handle: ShutdownHandle,
-    thread: Option<JoinHandle<io::Result<Stats>>>,
-}
-
-impl RunningServer {
-    /// Binds `addr` (use port 0 for any) and runs the server on a new thread.
-    pub fn start(addr: SocketAddr, config: Config) -> io::Result<RunningServer> {
-        let server = Server::bind(addr, config)?;
-        let addr = server.local_addr();
-        let handle = server.shutdown_handle();
-        let thread = std::thread::Builder::new()
-            .name(format!("rendezvous-{addr}"))
-            .spawn(move || server.run())?;
-        Ok(RunningServer {
-            addr,
-            handle,
-            thread: Some(thread),
-        })
-    }
-
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops it and returns its final counters.
-    pub fn stop(mut self) -> io::Result<Stats> {
-        self.stop_and_join()
-    }
-
-    fn stop_and_join(&mut self) -> io::Result<Stats> {
-        self.handle.shutdown();
-        match self.thread.take() {
-            Some(thread) => thread
-                .join()
-                .map_err(|_| io::Error::other("rendezvous thread panicked"))?,
-            None => Ok(Stats::default()),
-        }
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        let _ = self.stop_and_join();
-    }
-}
+pub type RunningServer = node::server::RunningServer<Server>;
