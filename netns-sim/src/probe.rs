@@ -97,6 +97,12 @@ pub fn serve_listener(
             Ok((mut stream, peer)) => {
                 let _ = stream.set_nonblocking(false);
                 let _ = writeln!(stream, "{peer}");
+                // Closing with the client's line still unread would send a RST that can
+                // overtake our reply: end our side, then read what the client sent until it
+                // closes (or briefly, for a silent client).
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let _ = std::io::copy(&mut stream, &mut std::io::sink());
                 let _ = writeln!(log, "accepted from {peer}");
                 let _ = log.flush();
                 if once {
