@@ -80,7 +80,8 @@ pub mod config;
 pub mod core;
 mod driver;
 pub mod store;
-pub mod wire;
+/// The mailbox line protocol; it lives in [`node::proto::mailbox`] so nodes share the parser.
+pub use node::proto::mailbox as wire;
 
 pub use config::Config;
 pub use driver::{RunningServer, Server};

@@ -90,6 +90,32 @@ pub struct Config {
     pub max_output_bytes: usize,
     /// Seed for ids and shuffles (default: random).
     pub seed: Option<u64>,
+
+    // --- Reachability (see `node::reach`) ---
+    /// Forwarding-check server URL, e.g. `http://203.0.113.5:8080` (default: none, so a
+    /// mapping cannot be proven and the node does not claim to be reachable because of it).
+    pub forwarding_check: Option<String>,
+    /// Try UPnP IGD port forwarding at start (default true).
+    pub upnp: bool,
+    /// Try NAT-PMP port forwarding at start (default true).
+    pub natpmp: bool,
+    /// A port forwarded by hand on the router to our listening port: advertised as is, and
+    /// checked with the forwarding check when one is set (default: none).
+    pub external_port: Option<u16>,
+    /// Bound on the whole reachability probe at start: UPnP and NAT-PMP run in parallel
+    /// within it, then the forwarding check (default 3 s).
+    #[serde(with = "duration_text")]
+    pub reach_timeout: Duration,
+    /// Lease asked for a UPnP/NAT-PMP mapping; renewed at half-life, deleted on stop
+    /// (default 1 h; never 0, which PyP2P used and some routers keep forever).
+    #[serde(with = "duration_text")]
+    pub mapping_lease: Duration,
+
+    // --- Direct connect by UNL ---
+    /// dht-msg mailbox server `host:port`, for reverse-connect requests (default: none).
+    pub dht_msg: Option<String>,
+    /// NTP server `host:port` used to time hole punching (default: none; never a public one).
+    pub ntp: Option<String>,
 }
 
 impl Default for Config {
@@ -114,6 +140,14 @@ impl Default for Config {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_output_bytes: 16 * 1024 * 1024,
             seed: None,
+            forwarding_check: None,
+            upnp: true,
+            natpmp: true,
+            external_port: None,
+            reach_timeout: Duration::from_secs(3),
+            mapping_lease: Duration::from_hours(1),
+            dht_msg: None,
+            ntp: None,
         }
     }
 }

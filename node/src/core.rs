@@ -82,6 +82,9 @@ pub struct CoreConfig {
     pub node_type: NodeType,
     /// The port we accept connections on (0: none).
     pub listen_port: u16,
+    /// The port others reach us on from outside when it differs from `listen_port` (a port
+    /// forwarded by UPnP, NAT-PMP or by hand). Advertised, sent in `HELLO` and `CLEAR`.
+    pub public_port: Option<u16>,
     /// Rendezvous servers, tried in order starting from the last one that answered.
     pub rendezvous: Vec<SocketAddr>,
     /// Inbound connections beyond this are closed at once.
@@ -112,6 +115,7 @@ impl Default for CoreConfig {
         CoreConfig {
             node_type: NodeType::Active,
             listen_port: 0,
+            public_port: None,
             rendezvous: Vec::new(),
             max_inbound: 32,
             max_outbound: 8,
@@ -348,6 +352,22 @@ impl Core {
         self.config.listen_port = port;
     }
 
+    /// Sets our role and the port others reach us on (after a reachability check found, say,
+    /// a UPnP-forwarded port). Takes effect at the next advertise, bootstrap and handshake.
+    pub fn set_reachability(&mut self, node_type: NodeType, public_port: Option<u16>) {
+        self.config.node_type = node_type;
+        self.config.public_port = public_port;
+    }
+
+    /// The port we tell others to dial: the public port if one is set, else the listen port
+    /// (0 when not listening).
+    pub fn advertised_port(&self) -> u16 {
+        if self.config.listen_port == 0 {
+            return 0;
+        }
+        self.config.public_port.unwrap_or(self.config.listen_port)
+    }
+
     /// Open connections.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
@@ -517,7 +537,7 @@ impl Core {
             conn,
             line: Control::Hello {
                 peer: self.me,
-                listen_port: self.config.listen_port,
+                listen_port: self.advertised_port(),
             }
             .to_string(),
         });
@@ -847,14 +867,14 @@ impl Core {
                     count: self.config.bootstrap_count.clamp(1, 100),
                     own_port: (self.config.node_type == NodeType::Passive
                         && self.config.listen_port != 0)
-                        .then_some(self.config.listen_port),
+                        .then_some(self.advertised_port()),
                 }
                 .to_string(),
             ],
             // PASSIVE READY has no reply; the SOURCE TCP after it proves the server read it.
             Job::Advertise => vec![
                 Request::PassiveReady {
-                    port: self.config.listen_port,
+                    port: self.advertised_port(),
                     max_inbound: u32::try_from(self.config.max_inbound).unwrap_or(u32::MAX),
                 }
                 .to_string(),
@@ -862,7 +882,7 @@ impl Core {
             ],
             Job::Clear => vec![
                 Request::Clear {
-                    port: Some(self.config.listen_port),
+                    port: Some(self.advertised_port()),
                 }
                 .to_string(),
                 Request::Quit.to_string(),

@@ -24,6 +24,7 @@ pub mod core;
 pub mod http;
 pub mod net;
 pub mod proto;
+pub mod reach;
 pub mod server;
 pub mod units;
 pub mod unl;

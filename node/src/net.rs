@@ -381,6 +381,7 @@ impl Net {
                 Role::Active => NodeType::Active,
             },
             listen_port: 0,
+            public_port: config.external_port,
             rendezvous: servers.clone(),
             max_inbound: config.max_inbound,
             max_outbound: config.max_outbound,
@@ -437,6 +438,24 @@ impl Net {
         }
         self.started = true;
         Ok(())
+    }
+
+    /// Sets the node's role and the port peers reach it on from outside, e.g. after
+    /// [`crate::reach`] found a forwarded port: `set_reachability(Role::Passive, Some(port))`.
+    /// Takes effect at the next advertise, bootstrap and handshake.
+    pub fn set_reachability(&mut self, role: Role, public_port: Option<u16>) {
+        let node_type = match role {
+            Role::Passive => NodeType::Passive,
+            Role::Active => NodeType::Active,
+        };
+        self.config.node_type = role;
+        self.core.set_reachability(node_type, public_port);
+    }
+
+    /// The port peers are told to dial (the forwarded public port if set, else the listening
+    /// port; 0 when not listening).
+    pub fn advertised_port(&self) -> u16 {
+        self.core.advertised_port()
     }
 
     /// Asks the rendezvous servers for nodes (failing over in order) and starts dialing them;

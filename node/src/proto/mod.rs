@@ -3,6 +3,7 @@
 //! Nothing here touches a socket or a clock: bytes and lines go in, typed values come out.
 
 pub mod line;
+pub mod mailbox;
 pub mod nat;
 pub mod overlay;
 pub mod rendezvous;

@@ -1,4 +1,4 @@
-//! The mailbox line protocol, as typed requests and replies.
+//! The dht-msg mailbox line protocol, as typed requests and replies (shared by the `dht-msg` server and the node).
 //!
 //! Every message implements [`FromStr`] and [`Display`]; `parse(display(x)) == x` holds for every
 //! value (tested with proptest). Display never writes the line terminator: senders append `\r\n`.
