@@ -116,6 +116,12 @@ pub struct Config {
     pub dht_msg: Option<String>,
     /// NTP server `host:port` used to time hole punching (default: none; never a public one).
     pub ntp: Option<String>,
+    /// A connect by UNL that has not succeeded after this fails (default 10 s).
+    #[serde(with = "duration_text")]
+    pub unl_connect_timeout: Duration,
+    /// Our WAN address when known beforehand (default: learned from the forwarding check, else
+    /// taken to be our LAN address).
+    pub wan_ip: Option<std::net::Ipv4Addr>,
 }
 
 impl Default for Config {
@@ -148,6 +154,8 @@ impl Default for Config {
             mapping_lease: Duration::from_hours(1),
             dht_msg: None,
             ntp: None,
+            unl_connect_timeout: Duration::from_secs(10),
+            wan_ip: None,
         }
     }
 }
@@ -190,6 +198,20 @@ impl Config {
     #[must_use]
     pub fn with_node_type(mut self, role: Role) -> Self {
         self.node_type = role;
+        self
+    }
+
+    /// Sets the dht-msg mailbox server (`host:port`) used for reverse connects.
+    #[must_use]
+    pub fn with_dht_msg(mut self, server: impl Into<String>) -> Self {
+        self.dht_msg = Some(server.into());
+        self
+    }
+
+    /// Sets the forwarding-check server URL (`http://host:port`).
+    #[must_use]
+    pub fn with_forwarding_check(mut self, url: impl Into<String>) -> Self {
+        self.forwarding_check = Some(url.into());
         self
     }
 

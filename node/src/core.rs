@@ -25,9 +25,16 @@ use rand::{Rng, SeedableRng};
 use crate::proto::nat::{self, NatMapping};
 use crate::proto::overlay::{CONTROL_PREFIX, Control, MessageId, PeerId, SeenCache};
 use crate::proto::rendezvous::{NodeType, Request, Response};
+use crate::unl::{NODE_ID_BYTES, NodeId, Unl};
+
+mod unl_connect;
+
+use crate::connect::{ConnectId, ConnectOutcome};
+use unl_connect::{Attempt, MailboxClient, ReverseDial};
 
 /// A connection, numbered by the driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct ConnId(pub u64);
 
 impl fmt::Display for ConnId {
@@ -108,6 +115,12 @@ pub struct CoreConfig {
     pub seen_lifetime: Duration,
     /// Seed for ids and shuffles (the driver passes OS randomness; tests pass a constant).
     pub seed: u64,
+    /// A connect by UNL that has not succeeded after this fails.
+    pub unl_connect_timeout: Duration,
+    /// How long dials (LAN, direct) run alone before a reverse connect starts beside them.
+    pub reverse_head_start: Duration,
+    /// Reverse-connect requests acted on per minute at most (others are refused).
+    pub max_reverse_per_minute: usize,
 }
 
 impl Default for CoreConfig {
@@ -127,6 +140,9 @@ impl Default for CoreConfig {
             seen_capacity: 100_000,
             seen_lifetime: Duration::from_mins(10),
             seed: 0,
+            unl_connect_timeout: Duration::from_secs(10),
+            reverse_head_start: Duration::from_secs(1),
+            max_reverse_per_minute: 16,
         }
     }
 }
@@ -189,6 +205,29 @@ pub enum Event {
         /// `(local port, observed port)` of each probe.
         probes: Vec<(u16, u16)>,
     },
+    /// A connect by UNL finished (see [`crate::connect`]).
+    ConnectDone(ConnectOutcome),
+    /// The mailbox connection is registered and subscribed.
+    MailboxUp {
+        /// The dht-msg server.
+        server: SocketAddr,
+    },
+    /// The mailbox connection failed or closed; it is retried with backoff.
+    MailboxDown {
+        /// The dht-msg server.
+        server: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A reverse-connect request arrived in our mailbox.
+    ReverseRequested {
+        /// The sender's node id (`-`: unproven).
+        from: String,
+        /// Where we dial (when acted on).
+        addr: Option<SocketAddr>,
+        /// Why it was refused (`None`: we dial).
+        refused: Option<String>,
+    },
     /// Every rendezvous server failed for `job`.
     RendezvousFailed {
         /// What we tried to do.
@@ -239,6 +278,23 @@ pub enum Output {
         /// Whether to wait for a reply line.
         want_reply: bool,
     },
+    /// Open the persistent mailbox connection to `server`; report with
+    /// [`Core::handle_mailbox_open`] / [`Core::handle_mailbox_closed`], and its lines with
+    /// [`Core::handle_mailbox_line`].
+    MailboxDial {
+        /// The dht-msg server.
+        server: SocketAddr,
+    },
+    /// Queue `line` on the mailbox connection.
+    MailboxSend {
+        /// The line.
+        line: String,
+    },
+    /// Close the mailbox connection (already handled by the core; do not report it back).
+    MailboxClose {
+        /// Why, for the log.
+        reason: String,
+    },
     /// Something for the application.
     Event(Event),
 }
@@ -269,6 +325,8 @@ struct Peer {
     id: Option<PeerId>,
     /// Where the peer accepts connections (from HELLO; for outbound peers, `addr`).
     listen: Option<SocketAddr>,
+    /// Its UNL node id, from its `IAM`.
+    node: Option<NodeId>,
 }
 
 #[derive(Debug)]
@@ -311,6 +369,23 @@ pub struct Core {
     advertise: Schedule,
     /// `Some` while a NAT detection runs.
     nat_probes: Option<Vec<(u16, u16)>>,
+    /// Our UNL node id (random, printable).
+    node_id: NodeId,
+    /// The UNL we hand out (set by the driver).
+    local_unl: Option<Unl>,
+    mailbox: Option<MailboxClient>,
+    attempts: HashMap<ConnectId, Attempt>,
+    next_attempt: u64,
+    /// Dials made for a connect.
+    attempt_dials: HashMap<SocketAddr, ConnectId>,
+    /// Open connections made for a connect, waiting for the peer's `IAM`.
+    conn_attempt: HashMap<ConnId, ConnectId>,
+    /// Reverse connects we make because someone asked, by the address dialed.
+    reverse_dials: HashMap<SocketAddr, ReverseDial>,
+    /// Reverse-connect connections we dialed: the node id the peer must show.
+    conn_expect: HashMap<ConnId, NodeId>,
+    /// When we acted on recent reverse-connect requests (the rate limit's window).
+    reverse_window: VecDeque<Instant>,
 }
 
 impl Core {
@@ -318,6 +393,14 @@ impl Core {
     pub fn new(config: CoreConfig) -> Self {
         let mut rng = StdRng::seed_from_u64(config.seed);
         let me = PeerId(rng.random());
+        // A separate generator, so that adding the node id changed no other random choice.
+        let mut id_rng = StdRng::seed_from_u64(config.seed ^ 0x5eed_0f1d_u64);
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut raw = [0u8; NODE_ID_BYTES];
+        for b in &mut raw {
+            *b = alphabet[id_rng.random_range(0..alphabet.len())];
+        }
+        let node_id = NodeId::from_bytes(raw).unwrap_or_else(|| unreachable!("printable bytes"));
         Core {
             seen: SeenCache::new(config.seen_capacity, config.seen_lifetime),
             config,
@@ -334,6 +417,16 @@ impl Core {
             bootstrap: Schedule::default(),
             advertise: Schedule::default(),
             nat_probes: None,
+            node_id,
+            local_unl: None,
+            mailbox: None,
+            attempts: HashMap::new(),
+            next_attempt: 0,
+            attempt_dials: HashMap::new(),
+            conn_attempt: HashMap::new(),
+            reverse_dials: HashMap::new(),
+            conn_expect: HashMap::new(),
+            reverse_window: VecDeque::new(),
         }
     }
 
@@ -396,14 +489,19 @@ impl Core {
 
     /// When [`Core::handle_timeout`] wants to be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.bootstrap.next_at, self.advertise.next_at]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.bootstrap.next_at,
+            self.advertise.next_at,
+            self.unl_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs due timers: re-bootstrap while below `max_outbound`, re-advertise.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.unl_handle_timeout(now);
         if self.bootstrap.next_at.is_some_and(|t| t <= now) {
             self.bootstrap.next_at = None;
             if self.bootstrap.enabled && !self.bootstrap.in_flight {
@@ -531,8 +629,10 @@ impl Core {
                 direction,
                 id: None,
                 listen: (direction == Direction::Outbound).then_some(addr),
+                node: None,
             },
         );
+        self.unl_on_open(conn, addr, direction);
         self.out.push_back(Output::Send {
             conn,
             line: Control::Hello {
@@ -550,12 +650,13 @@ impl Core {
     }
 
     /// A dial did not connect.
-    pub fn handle_dial_failed(&mut self, _now: Instant, addr: SocketAddr, reason: &str) {
+    pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr, reason: &str) {
         self.dialing.remove(&addr);
         self.out.push_back(Output::Event(Event::DialFailed {
             addr,
             reason: reason.to_owned(),
         }));
+        self.unl_on_dial_failed(now, addr, reason);
     }
 
     /// A connection closed (by the peer, an I/O error, or the driver). Unknown or already
@@ -574,6 +675,7 @@ impl Core {
             addr: peer.addr,
             reason: reason.to_owned(),
         }));
+        self.unl_on_closed(now, conn, peer.addr, reason);
         self.after_loss(now);
     }
 
@@ -591,6 +693,13 @@ impl Core {
             }
             Some(Ok(Control::Hello { peer, listen_port })) => {
                 self.handle_hello(now, conn, peer, listen_port);
+                if self.conns.contains_key(&conn) {
+                    self.unl_on_hello(now, conn);
+                }
+                LineVerdict::Consumed
+            }
+            Some(Ok(Control::Iam { node, nonce })) => {
+                self.handle_iam(now, conn, node, nonce);
                 LineVerdict::Consumed
             }
             Some(Ok(Control::Broadcast { id, ttl, payload })) => {

@@ -20,6 +20,7 @@
 //!   `dht-msg` depend on this crate so client and server share one parser per wire type).
 
 pub mod config;
+pub mod connect;
 pub mod core;
 pub mod http;
 pub mod net;
@@ -30,4 +31,4 @@ pub mod units;
 pub mod unl;
 
 pub use config::{Config, Role};
-pub use net::{BootstrapReport, Connection, NatReport, Net, NetError, SendError};
+pub use net::{BootstrapReport, ConnectTarget, Connection, NatReport, Net, NetError, SendError};

@@ -38,7 +38,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +49,7 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Role};
+use crate::connect::{ConnectId, ConnectOutcome};
 use crate::core::{
     ConnId, Core, CoreConfig, Direction, Event, Job, LineVerdict, Output, QueryId, QueryReply,
 };
@@ -57,6 +58,7 @@ use crate::proto::nat::NatMapping;
 use crate::proto::overlay::{MessageId, PeerId};
 use crate::proto::rendezvous::NodeType;
 use crate::server::{ReadStep, read_step};
+use crate::unl::{Forwarding, NatType, Unl};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -106,6 +108,16 @@ pub enum NetError {
         what: String,
         /// How long we waited.
         after: Duration,
+    },
+    /// A server name (dht-msg, ...) did not resolve.
+    #[error("cannot resolve {what} server {name:?}: {reason}")]
+    ResolveServer {
+        /// Which server.
+        what: &'static str,
+        /// The name as configured.
+        name: String,
+        /// Why.
+        reason: String,
     },
     /// A line given to `send_line` cannot be sent.
     #[error("cannot send line: {0}")]
@@ -322,9 +334,23 @@ struct Query {
     deadline: Instant,
 }
 
+/// The persistent connection to the dht-msg mailbox server.
+#[derive(Debug)]
+struct MailboxConn {
+    token: Token,
+    server: SocketAddr,
+    stream: TcpStream,
+    connected: bool,
+    deadline: Instant,
+    framer: LineFramer,
+    out: Vec<u8>,
+    written: usize,
+}
+
 /// Outcomes the blocking helpers wait for.
 #[derive(Debug, Default)]
 struct Outcomes {
+    connects: HashMap<ConnectId, ConnectOutcome>,
     bootstrap: Option<Result<BootstrapReport, NetError>>,
     advertise: Option<Result<u16, NetError>>,
     clear: Option<()>,
@@ -353,6 +379,11 @@ pub struct Net {
     outcomes: Outcomes,
     read_buf: Vec<u8>,
     started: bool,
+    mailbox: Option<MailboxConn>,
+    mailbox_server: Option<SocketAddr>,
+    wan_ip: Option<Ipv4Addr>,
+    forwarding: Forwarding,
+    nat_type: NatType,
 }
 
 impl Net {
@@ -374,6 +405,10 @@ impl Net {
                 })?;
             servers.push(addr);
         }
+        let mailbox_server = match &config.dht_msg {
+            Some(name) => Some(resolve("dht-msg", name)?),
+            None => None,
+        };
         let seed = config.seed.unwrap_or_else(rand::random);
         let core = Core::new(CoreConfig {
             node_type: match config.node_type {
@@ -393,11 +428,12 @@ impl Net {
             seen_capacity: config.seen_capacity,
             seen_lifetime: config.seen_lifetime,
             seed,
+            unl_connect_timeout: config.unl_connect_timeout,
+            ..CoreConfig::default()
         });
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Net {
-            config,
             servers,
             core,
             poll,
@@ -415,6 +451,16 @@ impl Net {
             outcomes: Outcomes::default(),
             read_buf: vec![0; READ_CHUNK],
             started: false,
+            mailbox: None,
+            mailbox_server,
+            wan_ip: config.wan_ip,
+            forwarding: if config.external_port.is_some() {
+                Forwarding::Manual
+            } else {
+                Forwarding::Forwarded
+            },
+            nat_type: NatType::Unknown,
+            config,
         })
     }
 
@@ -437,7 +483,116 @@ impl Net {
             self.listener = Some(listener);
         }
         self.started = true;
+        if let Some(server) = self.mailbox_server {
+            self.core.enable_mailbox(Instant::now(), server);
+        }
+        self.refresh_unl();
+        self.apply_outputs(Instant::now());
         Ok(())
+    }
+
+    /// This node's UNL (after [`Net::start`]): node id, role, NAT type (once detected),
+    /// forwarding, advertised port, WAN address (see [`Net::set_wan_ip`]) and LAN address.
+    pub fn unl(&mut self) -> Unl {
+        self.refresh_unl();
+        self.core
+            .local_unl()
+            .unwrap_or_else(|| unreachable!("refresh_unl sets it"))
+    }
+
+    /// Sets our WAN address (from a gateway or the forwarding check); until then the UNL
+    /// carries the LAN address, which is right only without a NAT.
+    pub fn set_wan_ip(&mut self, ip: Ipv4Addr) {
+        self.wan_ip = Some(ip);
+        self.refresh_unl();
+    }
+
+    /// Sets how our port was made reachable (for the UNL).
+    pub fn set_forwarding(&mut self, forwarding: Forwarding) {
+        self.forwarding = forwarding;
+        self.refresh_unl();
+    }
+
+    /// Connects to `target`: a node's [`Unl`] (returns a [`ConnectId`]; see
+    /// [`Net::connect_unl`]) or a plain [`SocketAddr`] (see [`Net::connect_addr`]).
+    ///
+    /// ```no_run
+    /// # fn f(net: &mut node::Net, unl: node::unl::Unl) -> Result<(), node::NetError> {
+    /// let id = net.connect(&unl);
+    /// let outcome = net.wait_connect(id)?;
+    /// println!("{:?} via {:?} in {} ms", outcome.conn, outcome.method, outcome.ms);
+    /// net.connect("192.0.2.7:50500".parse::<std::net::SocketAddr>().unwrap());
+    /// # Ok(()) }
+    /// ```
+    pub fn connect<T: ConnectTarget>(&mut self, target: T) -> T::Handle {
+        target.connect_with(self)
+    }
+
+    /// Starts connecting to the node `unl` names (LAN, direct, reverse; see
+    /// [`crate::connect`]). The outcome arrives as [`Event::ConnectDone`]; or wait for it
+    /// with [`Net::wait_connect`].
+    pub fn connect_unl(&mut self, unl: &Unl) -> ConnectId {
+        if let Err(e) = self.start() {
+            warn!(error = %e, "cannot start the node");
+        }
+        self.refresh_unl();
+        let now = Instant::now();
+        let id = self.core.connect_unl(now, *unl);
+        self.apply_outputs(now);
+        id
+    }
+
+    /// Runs the loop until connect `id` has an outcome (at most the UNL connect timeout plus
+    /// a second).
+    pub fn wait_connect(&mut self, id: ConnectId) -> Result<ConnectOutcome, NetError> {
+        let limit = self.config.unl_connect_timeout + Duration::from_secs(1);
+        self.wait_for(limit, "connect", |o| o.connects.remove(&id).map(Ok))
+    }
+
+    /// Whether the mailbox connection is registered and subscribed (reverse-connect requests
+    /// reach this node).
+    pub fn mailbox_ready(&self) -> bool {
+        self.core.mailbox_up()
+    }
+
+    fn refresh_unl(&mut self) {
+        let lan_ip = self.lan_ip();
+        let node_type = match self.config.node_type {
+            Role::Passive if self.local_addr.is_some() => NodeType::Passive,
+            _ => NodeType::Active,
+        };
+        let unl = Unl {
+            node_id: Some(self.core.node_id()),
+            node_type,
+            nat_type: self.nat_type,
+            forwarding: self.forwarding,
+            port: self.core.advertised_port(),
+            wan_ip: self.wan_ip.unwrap_or(lan_ip),
+            lan_ip,
+        };
+        self.core.set_local_unl(unl);
+    }
+
+    /// Our LAN address: the bind address if it is a specific IPv4 one, else the source address
+    /// the kernel picks for the first configured server (a UDP `connect` sends nothing), else
+    /// loopback.
+    fn lan_ip(&self) -> Ipv4Addr {
+        if let IpAddr::V4(ip) = self.config.bind
+            && !ip.is_unspecified()
+        {
+            return ip;
+        }
+        let target = self.servers.first().copied().or(self.mailbox_server);
+        target
+            .and_then(|server| {
+                let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+                socket.connect(server).ok()?;
+                match socket.local_addr().ok()?.ip() {
+                    IpAddr::V4(ip) => Some(ip),
+                    IpAddr::V6(_) => None,
+                }
+            })
+            .unwrap_or(Ipv4Addr::LOCALHOST)
     }
 
     /// Sets the node's role and the port peers reach it on from outside, e.g. after
@@ -494,6 +649,9 @@ impl Net {
     /// flushes what it can, and closes every connection and the listener.
     pub fn stop(&mut self) {
         self.outcomes.clear = None;
+        if let Some(mut m) = self.mailbox.take() {
+            let _ = self.poll.registry().deregister(&mut m.stream);
+        }
         if self.core.stop(Instant::now()) {
             let limit = self.config.query_timeout + Duration::from_millis(500);
             let _ = self.wait_for(limit, "clear", |o| o.clear.take().map(Ok));
@@ -520,7 +678,7 @@ impl Net {
 
     /// Dials `addr` (a direct connection by address); [`Event::Connected`] or
     /// [`Event::DialFailed`] follows.
-    pub fn connect(&mut self, addr: SocketAddr) {
+    pub fn connect_addr(&mut self, addr: SocketAddr) {
         self.core.dial(addr);
         self.apply_outputs(Instant::now());
     }
@@ -615,6 +773,9 @@ impl Net {
                 WAKER => {}
                 t if self.dials.contains_key(&t) => self.finish_dial(now, t),
                 t if self.queries.contains_key(&t) => self.drive_query(now, t),
+                t if self.mailbox.as_ref().is_some_and(|m| m.token == t) => {
+                    self.drive_mailbox(now, closing);
+                }
                 t => {
                     let conn = ConnId(t.0 as u64);
                     if readable {
@@ -719,6 +880,9 @@ impl Net {
         }
         for q in self.queries.values() {
             consider(q.deadline);
+        }
+        if let Some(m) = self.mailbox.as_ref().filter(|m| !m.connected) {
+            consider(m.deadline);
         }
         // Lines left unread by a closed connection keep it listed; nothing to wait for.
         wait
@@ -1060,8 +1224,183 @@ impl Net {
                     lines,
                     want_reply,
                 } => self.start_query(now, id, server, &lines, want_reply),
+                Output::MailboxDial { server } => self.start_mailbox(now, server),
+                Output::MailboxSend { line } => {
+                    if let Some(m) = self.mailbox.as_mut() {
+                        m.out.extend_from_slice(line.as_bytes());
+                        m.out.extend_from_slice(b"\r\n");
+                    }
+                    if self.mailbox.as_ref().is_some_and(|m| m.connected) {
+                        self.drive_mailbox(now, false);
+                    }
+                }
+                Output::MailboxClose { reason } => {
+                    if let Some(mut m) = self.mailbox.take() {
+                        debug!(server = %m.server, reason, "mailbox connection closed");
+                        let _ = self.poll.registry().deregister(&mut m.stream);
+                    }
+                }
                 Output::Event(event) => self.record(event),
             }
+        }
+    }
+
+    fn start_mailbox(&mut self, now: Instant, server: SocketAddr) {
+        if let Some(mut old) = self.mailbox.take() {
+            let _ = self.poll.registry().deregister(&mut old.stream);
+        }
+        let mut stream = match TcpStream::connect(server) {
+            Ok(s) => s,
+            Err(e) => {
+                self.core
+                    .handle_mailbox_closed(now, &format!("cannot connect: {e}"));
+                return;
+            }
+        };
+        let token = self.token();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.core.handle_mailbox_closed(now, &e.to_string());
+            return;
+        }
+        debug!(%server, "connecting to the mailbox server");
+        self.mailbox = Some(MailboxConn {
+            token,
+            server,
+            stream,
+            connected: false,
+            deadline: now + self.config.connect_timeout,
+            framer: LineFramer::new(MAX_REPLY_BYTES),
+            out: Vec::new(),
+            written: 0,
+        });
+    }
+
+    /// Advances the mailbox connection: finish connecting, write, read lines into the core.
+    fn drive_mailbox(&mut self, now: Instant, closing: bool) {
+        let Some(m) = self.mailbox.as_mut() else {
+            return;
+        };
+        let mut failure = None;
+        let mut opened = false;
+        if !m.connected {
+            match m.stream.take_error() {
+                Ok(Some(e)) | Err(e) => failure = Some(format!("cannot connect: {e}")),
+                Ok(None) => match m.stream.peer_addr() {
+                    Ok(_) => {
+                        m.connected = true;
+                        opened = true;
+                    }
+                    Err(e)
+                        if e.kind() == io::ErrorKind::NotConnected
+                            || e.raw_os_error() == Some(libc_einprogress()) =>
+                    {
+                        return;
+                    }
+                    Err(e) => failure = Some(format!("cannot connect: {e}")),
+                },
+            }
+        }
+        if opened {
+            self.core.handle_mailbox_open(now);
+            self.apply_outputs(now);
+        }
+        let mut lines = Vec::new();
+        if failure.is_none()
+            && let Some(m) = self.mailbox.as_mut()
+        {
+            while m.written < m.out.len() {
+                match m.stream.write(&m.out[m.written..]) {
+                    Ok(n) => m.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        failure = Some(format!("write failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            if m.written == m.out.len() {
+                m.out.clear();
+                m.written = 0;
+            }
+            while failure.is_none() {
+                match read_step(&mut m.stream, &mut self.read_buf, closing) {
+                    ReadStep::Data { len, more } => {
+                        m.framer.push(&self.read_buf[..len]);
+                        if !more {
+                            break;
+                        }
+                    }
+                    ReadStep::Eof => failure = Some("closed by the server".to_owned()),
+                    ReadStep::Blocked => break,
+                    ReadStep::Failed(e) => failure = Some(format!("read failed: {e}")),
+                }
+            }
+            loop {
+                match m.framer.next_str() {
+                    None => break,
+                    Some(Ok(line)) => lines.push(line.to_owned()),
+                    Some(Err(e)) => {
+                        failure = Some(format!("bad line from the server: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        for line in lines {
+            self.core.handle_mailbox_line(now, &line);
+        }
+        if let Some(reason) = failure
+            && let Some(mut m) = self.mailbox.take()
+        {
+            let _ = self.poll.registry().deregister(&mut m.stream);
+            debug!(server = %m.server, reason, "mailbox connection lost");
+            self.core.handle_mailbox_closed(now, &reason);
+        }
+        self.apply_outputs(now);
+    }
+
+    /// The connect-by-UNL and mailbox part of [`Net::record`].
+    fn record_unl(&mut self, event: &Event) {
+        match event {
+            Event::ConnectDone(outcome) => {
+                if outcome.connected {
+                    info!(
+                        id = %outcome.id,
+                        method = ?outcome.method,
+                        addr = ?outcome.addr,
+                        ms = outcome.ms,
+                        tries = %outcome.describe_tries(),
+                        "connected by UNL"
+                    );
+                } else {
+                    warn!(
+                        id = %outcome.id,
+                        error = ?outcome.error,
+                        ms = outcome.ms,
+                        tries = %outcome.describe_tries(),
+                        "connect by UNL failed"
+                    );
+                }
+                self.outcomes.connects.insert(outcome.id, outcome.clone());
+            }
+            Event::MailboxUp { server } => info!(%server, "mailbox registered and subscribed"),
+            Event::MailboxDown { server, reason } => {
+                warn!(%server, reason, "mailbox connection down; retrying");
+            }
+            Event::ReverseRequested {
+                from,
+                addr,
+                refused,
+            } => match refused {
+                None => info!(from, addr = ?addr, "reverse connect requested; dialing"),
+                Some(why) => warn!(from, why, "reverse-connect request refused"),
+            },
+            _ => {}
         }
     }
 
@@ -1097,6 +1436,11 @@ impl Net {
                 probes,
             } => {
                 info!(%server, %mapping, ?probes, "NAT detected");
+                self.nat_type = match mapping {
+                    NatMapping::Preserving => NatType::Preserving,
+                    NatMapping::Delta(_) => NatType::Delta,
+                    NatMapping::Random => NatType::Random,
+                };
                 self.outcomes.nat = Some(Ok(NatReport {
                     server: *server,
                     mapping: *mapping,
@@ -1125,6 +1469,10 @@ impl Net {
                 debug!(conn = %conn, %addr, reason, "connection closed");
             }
             Event::DialFailed { addr, reason } => debug!(%addr, reason, "dial failed"),
+            Event::ConnectDone(_)
+            | Event::MailboxUp { .. }
+            | Event::MailboxDown { .. }
+            | Event::ReverseRequested { .. } => self.record_unl(&event),
         }
         if self.events.len() >= MAX_QUEUED_EVENTS {
             self.events.pop_front();
@@ -1182,6 +1530,16 @@ impl Net {
     }
 
     fn expire(&mut self, now: Instant) {
+        if self
+            .mailbox
+            .as_ref()
+            .is_some_and(|m| !m.connected && m.deadline <= now)
+            && let Some(mut m) = self.mailbox.take()
+        {
+            let _ = self.poll.registry().deregister(&mut m.stream);
+            let reason = format!("no answer within {:?}", self.config.connect_timeout);
+            self.core.handle_mailbox_closed(now, &reason);
+        }
         let late: Vec<Token> = self
             .dials
             .iter()
@@ -1249,4 +1607,38 @@ impl<'a> IntoIterator for &'a mut Net {
 /// A non-blocking connect still in flight reports `EINPROGRESS` (see DESIGN.md).
 fn libc_einprogress() -> i32 {
     libc::EINPROGRESS
+}
+
+/// What [`Net::connect`] accepts: a [`Unl`] or a [`SocketAddr`].
+pub trait ConnectTarget {
+    /// What the connect returns.
+    type Handle;
+    /// Starts the connect.
+    fn connect_with(self, net: &mut Net) -> Self::Handle;
+}
+
+impl ConnectTarget for &Unl {
+    type Handle = ConnectId;
+    fn connect_with(self, net: &mut Net) -> ConnectId {
+        net.connect_unl(self)
+    }
+}
+
+impl ConnectTarget for SocketAddr {
+    type Handle = ();
+    fn connect_with(self, net: &mut Net) {
+        net.connect_addr(self);
+    }
+}
+
+fn resolve(what: &'static str, name: &str) -> Result<SocketAddr, NetError> {
+    let err = |reason: String| NetError::ResolveServer {
+        what,
+        name: name.to_owned(),
+        reason,
+    };
+    name.to_socket_addrs()
+        .map_err(|e| err(e.to_string()))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| err("no IPv4 address".to_owned()))
 }

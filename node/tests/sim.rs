@@ -196,7 +196,11 @@ impl SimNet {
                         },
                     );
                 }
-                Output::Event(_) => {}
+                // No mailbox server in this simulation.
+                Output::Event(_)
+                | Output::MailboxDial { .. }
+                | Output::MailboxSend { .. }
+                | Output::MailboxClose { .. } => {}
             }
         }
     }

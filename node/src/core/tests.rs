@@ -46,8 +46,20 @@ fn open_sends_hello_and_plain_lines_are_delivered() {
     let mut c = core(1);
     assert!(c.handle_open(now, ConnId(1), addr("10.0.0.9:5000"), Direction::Inbound));
     let out = drain(&mut c);
+    // IAM (our UNL node id) comes first, then HELLO.
     assert_eq!(
         out[0],
+        Output::Send {
+            conn: ConnId(1),
+            line: Control::Iam {
+                node: c.node_id(),
+                nonce: None
+            }
+            .to_string()
+        }
+    );
+    assert_eq!(
+        out[1],
         Output::Send {
             conn: ConnId(1),
             line: hello(c.peer_id())

@@ -101,13 +101,13 @@ pub enum WireError {
 /// (URL-safe, so it needs no escaping in the HTTP API, and never `-`).
 ///
 /// ```
-/// use dht_msg::wire::NodeId;
+/// use node::proto::mailbox::NodeId;
 ///
 /// let id: NodeId = "74416a6d75386d4850484656444a387437704b38".parse()?;
 /// assert_eq!(id.as_str().len(), 40);
 /// assert!("has space".parse::<NodeId>().is_err());
 /// assert!("-".parse::<NodeId>().is_err());
-/// # Ok::<(), dht_msg::wire::WireError>(())
+/// # Ok::<(), node::proto::mailbox::WireError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(String);

@@ -7,6 +7,7 @@
 //! | line | meaning |
 //! |---|---|
 //! | `P2P/1 HELLO <peer id: 16 hex> <listen port>` | first line each side sends; used to refuse connections to oneself and duplicate connections to one peer. Port 0: not listening. |
+//! | `P2P/1 IAM <node id: 40 hex> [<nonce: 64 hex>]` | sent before `HELLO` by a node that has a UNL node id: names it (so a dialer can check it reached the node its UNL names), and on a reverse connect carries the requester's nonce. |
 //! | `P2P/1 BCAST <message id: 16 hex> <ttl> <payload>` | a broadcast: delivered once per node, forwarded with `ttl - 1` to every other connection while `ttl > 1`. The payload is the rest of the line and may contain spaces. |
 //!
 //! A PyP2P peer never sends control lines; it sees ours as ordinary lines (it ignores what it
@@ -26,6 +27,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+
+use crate::unl::{NODE_ID_BYTES, NodeId};
 
 /// Every control line starts with this prefix.
 pub const CONTROL_PREFIX: &str = "P2P/1 ";
@@ -50,6 +53,50 @@ impl fmt::Display for MessageId {
     }
 }
 
+/// A reverse-connect nonce: 32 random bytes, shown as 64 hex digits (PyP2P's length).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Nonce(pub [u8; 32]);
+
+impl fmt::Display for Nonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Nonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Nonce({self})")
+    }
+}
+
+impl std::str::FromStr for Nonce {
+    type Err = ControlError;
+
+    /// Exactly 64 hex digits.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = ControlError::Malformed {
+            kind: "IAM",
+            field: "nonce (64 hex digits)",
+        };
+        Ok(Nonce(parse_hex_bytes(text).ok_or(bad)?))
+    }
+}
+
+/// `N` bytes from exactly `2 * N` hex digits.
+fn parse_hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// A control line (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
@@ -59,6 +106,13 @@ pub enum Control {
         peer: PeerId,
         /// The port the sender accepts connections on (0: none).
         listen_port: u16,
+    },
+    /// `P2P/1 IAM <node id> [<nonce>]`.
+    Iam {
+        /// The sender's UNL node id.
+        node: NodeId,
+        /// On a reverse connect: the nonce from the request being answered.
+        nonce: Option<Nonce>,
     },
     /// `P2P/1 BCAST <id> <ttl> <payload>`.
     Broadcast {
@@ -74,13 +128,13 @@ pub enum Control {
 /// Why a line that starts with [`CONTROL_PREFIX`] is not a valid control line.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ControlError {
-    /// The word after the prefix is not `HELLO` or `BCAST`.
+    /// The word after the prefix is not `HELLO`, `IAM` or `BCAST`.
     #[error("unknown control line {0:?}")]
     Unknown(String),
     /// A field is missing or malformed.
     #[error("malformed {kind} line: bad or missing {field}")]
     Malformed {
-        /// `HELLO` or `BCAST`.
+        /// `HELLO`, `IAM` or `BCAST`.
         kind: &'static str,
         /// Which field.
         field: &'static str,
@@ -116,6 +170,20 @@ impl Control {
                     peer: PeerId(peer),
                     listen_port,
                 })
+            }
+            "IAM" => {
+                let bad = |field| ControlError::Malformed { kind: "IAM", field };
+                let mut it = args.split(' ');
+                let node = it
+                    .next()
+                    .and_then(parse_hex_bytes::<NODE_ID_BYTES>)
+                    .and_then(NodeId::from_bytes)
+                    .ok_or(bad("node id (40 hex digits, not all zero)"))?;
+                let nonce = it.next().map(str::parse::<Nonce>).transpose()?;
+                if it.next().is_some() {
+                    return Err(bad("end of line (extra fields)"));
+                }
+                Ok(Control::Iam { node, nonce })
             }
             "BCAST" => {
                 let bad = |field| ControlError::Malformed {
@@ -154,6 +222,13 @@ impl fmt::Display for Control {
         match self {
             Control::Hello { peer, listen_port } => {
                 write!(f, "{CONTROL_PREFIX}HELLO {peer} {listen_port}")
+            }
+            Control::Iam { node, nonce } => {
+                write!(f, "{CONTROL_PREFIX}IAM {}", node.mailbox_id())?;
+                match nonce {
+                    Some(nonce) => write!(f, " {nonce}"),
+                    None => Ok(()),
+                }
             }
             Control::Broadcast { id, ttl, payload } => {
                 write!(f, "{CONTROL_PREFIX}BCAST {id} {ttl} {payload}")
@@ -282,6 +357,58 @@ mod tests {
     }
 
     #[test]
+    fn iam_round_trips_and_rejects_bad_fields() {
+        let node = NodeId::from_bytes(*b"tAjmu8mHPHFVDJ8t7pK8").unwrap();
+        let plain = Control::Iam { node, nonce: None };
+        assert_eq!(
+            plain.to_string(),
+            "P2P/1 IAM 74416a6d75386d4850484656444a387437704b38"
+        );
+        assert_eq!(Control::parse(&plain.to_string()), Some(Ok(plain)));
+        let with_nonce = Control::Iam {
+            node,
+            nonce: Some(Nonce([0xab; 32])),
+        };
+        assert_eq!(
+            with_nonce.to_string(),
+            format!(
+                "P2P/1 IAM 74416a6d75386d4850484656444a387437704b38 {}",
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(
+            Control::parse(&with_nonce.to_string()),
+            Some(Ok(with_nonce))
+        );
+        let node_field = "node id (40 hex digits, not all zero)";
+        for (line, field) in [
+            ("P2P/1 IAM", node_field),
+            ("P2P/1 IAM 74416a", node_field),
+            (&*format!("P2P/1 IAM {}", "0".repeat(40)), node_field),
+            (&*format!("P2P/1 IAM {}", "g".repeat(40)), node_field),
+            (
+                &*format!("P2P/1 IAM {} abc", "1".repeat(40)),
+                "nonce (64 hex digits)",
+            ),
+            (
+                &*format!("P2P/1 IAM {} {} x", "1".repeat(40), "2".repeat(64)),
+                "end of line (extra fields)",
+            ),
+        ] {
+            assert_eq!(
+                Control::parse(line),
+                Some(Err(ControlError::Malformed { kind: "IAM", field })),
+                "{line}"
+            );
+        }
+        // Multi-byte text of the right byte length is refused, not sliced mid-character.
+        assert!(matches!(
+            Control::parse(&format!("P2P/1 IAM {}", "é".repeat(20))),
+            Some(Err(_))
+        ));
+    }
+
+    #[test]
     fn broadcast_errors_and_unknown() {
         for (line, field) in [
             ("P2P/1 BCAST", "message id"),
@@ -332,7 +459,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn control_round_trips(peer: u64, port: u16, id: u64, ttl in 1u8.., payload in "[ -~]{0,80}") {
+        fn control_round_trips(
+            peer: u64, port: u16, id: u64, ttl in 1u8.., payload in "[ -~]{0,80}",
+            node in proptest::array::uniform20(any::<u8>()), nonce in proptest::option::of(proptest::array::uniform32(any::<u8>())),
+        ) {
+            if let Some(node) = NodeId::from_bytes(node) {
+                let c = Control::Iam { node, nonce: nonce.map(Nonce) };
+                prop_assert_eq!(Control::parse(&c.to_string()), Some(Ok(c)));
+            }
             for c in [
                 Control::Hello { peer: PeerId(peer), listen_port: port },
                 Control::Broadcast { id: MessageId(id), ttl, payload: payload.clone() },

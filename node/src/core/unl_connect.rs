@@ -1,0 +1,874 @@
+//! Connect by UNL and the dht-msg mailbox client, as part of the sans-IO [`Core`].
+//!
+//! See [`crate::connect`] for the methods and their order. Everything here is driven by the
+//! same `handle_*`/`poll_*` calls as the rest of the core.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::{ConnId, Core, Direction, Event, Output};
+use crate::connect::{
+    ConnectId, ConnectOutcome, Method, REVERSE_CONNECT_PREFIX, ReverseRequest, Try, TryResult,
+};
+use crate::proto::mailbox::{self, Reply, Request};
+use crate::proto::overlay::{Control, Nonce};
+use crate::unl::{NodeId, NodeType, Unl};
+
+/// First reconnect delay of the mailbox connection; doubles up to [`MAILBOX_MAX_RETRY`].
+const MAILBOX_FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAILBOX_MAX_RETRY: Duration = Duration::from_mins(1);
+/// Keep-alive on the mailbox connection (the server closes idle ones after 5 min).
+const MAILBOX_PING: Duration = Duration::from_mins(2);
+/// PUTs queued while the mailbox is down, at most.
+const MAILBOX_MAX_QUEUED: usize = 256;
+
+/// One connect in progress.
+#[derive(Debug)]
+pub(super) struct Attempt {
+    target: Unl,
+    started: Instant,
+    deadline: Instant,
+    nonce: Nonce,
+    tries: Vec<Try>,
+    /// When to post the reverse-connect request (if it is a candidate and not yet posted).
+    reverse_at: Option<Instant>,
+}
+
+/// A reverse connect we make because someone asked.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReverseDial {
+    node: NodeId,
+    nonce: Nonce,
+}
+
+/// What a request on the mailbox connection waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Awaiting {
+    Register,
+    Subscribe,
+    Put(Option<ConnectId>),
+    Ack,
+    Ping,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MailboxState {
+    /// Not connected; reconnect at the given time.
+    Down(Instant),
+    Connecting,
+    /// Connected, registering/subscribing.
+    Opening,
+    Up,
+}
+
+/// The persistent connection to our dht-msg mailbox.
+#[derive(Debug)]
+pub(super) struct MailboxClient {
+    server: SocketAddr,
+    secret: String,
+    state: MailboxState,
+    retry: Duration,
+    /// Requests sent and not yet answered, in order.
+    awaiting: VecDeque<Awaiting>,
+    /// PUTs waiting for the connection.
+    queued: VecDeque<(String, Option<ConnectId>)>,
+    next_ping: Option<Instant>,
+}
+
+impl Core {
+    /// This node's UNL node id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Sets the UNL we hand out (the driver rebuilds it when our address or role changes).
+    pub fn set_local_unl(&mut self, unl: Unl) {
+        self.local_unl = Some(unl);
+    }
+
+    /// The UNL we hand out, once the driver set it.
+    pub fn local_unl(&self) -> Option<Unl> {
+        self.local_unl
+    }
+
+    /// Keeps a connection to the dht-msg server `server`: registers our mailbox, subscribes to
+    /// it (reverse-connect requests arrive there) and reconnects when it drops.
+    pub fn enable_mailbox(&mut self, now: Instant, server: SocketAddr) {
+        let secret: String = (0..32)
+            .map(|_| char::from(b"0123456789abcdef"[self.rng.random_range(0..16)]))
+            .collect();
+        self.mailbox = Some(MailboxClient {
+            server,
+            secret,
+            state: MailboxState::Down(now),
+            retry: MAILBOX_FIRST_RETRY,
+            awaiting: VecDeque::new(),
+            queued: VecDeque::new(),
+            next_ping: None,
+        });
+        self.mailbox_timers(now);
+    }
+
+    /// Whether the mailbox connection is registered and subscribed.
+    pub fn mailbox_up(&self) -> bool {
+        self.mailbox
+            .as_ref()
+            .is_some_and(|m| m.state == MailboxState::Up)
+    }
+
+    /// Starts connecting to the node `target` names; the outcome comes as
+    /// [`Event::ConnectDone`].
+    pub fn connect_unl(&mut self, now: Instant, target: Unl) -> ConnectId {
+        let id = ConnectId(self.next_attempt);
+        self.next_attempt += 1;
+        let nonce = Nonce(self.rng.random());
+        let mut attempt = Attempt {
+            target,
+            started: now,
+            deadline: now + self.config.unl_connect_timeout,
+            nonce,
+            tries: Vec::new(),
+            reverse_at: None,
+        };
+        if target.node_id == Some(self.node_id) {
+            self.attempts.insert(id, attempt);
+            self.finish(now, id, Err("that is this node's own UNL".to_owned()));
+            return id;
+        }
+        if let Some(node) = target.node_id
+            && let Some((&conn, peer)) = self.conns.iter().find(|(_, p)| p.node == Some(node))
+        {
+            let addr = peer.addr;
+            attempt.tries.push(Try {
+                method: Method::Existing,
+                addr: Some(addr),
+                started_ms: Some(0),
+                ended_ms: Some(0),
+                result: TryResult::Won,
+            });
+            self.attempts.insert(id, attempt);
+            self.finish(now, id, Ok((conn, Method::Existing, addr)));
+            return id;
+        }
+        let dials = self.plan(now, &mut attempt);
+        for (_, addr) in &dials {
+            self.attempt_dials.insert(*addr, id);
+        }
+        let nothing = dials.is_empty() && attempt.reverse_at.is_none();
+        self.attempts.insert(id, attempt);
+        if nothing {
+            self.finish(now, id, Err("no method can reach that node".to_owned()));
+            return id;
+        }
+        for (_, addr) in dials {
+            self.dial(addr);
+        }
+        self.connect_timers(now);
+        id
+    }
+
+    /// Fills `attempt.tries` (skipped ones with the reason) and returns the addresses to dial.
+    fn plan(&self, now: Instant, attempt: &mut Attempt) -> Vec<(Method, SocketAddr)> {
+        let target = attempt.target;
+        let ours = self.local_unl;
+        let same_wan =
+            ours.is_some_and(|o| o.wan_ip == target.wan_ip && !o.wan_ip.is_unspecified());
+        let mut dials = Vec::new();
+        // LAN.
+        let lan = (same_wan && target.port != 0 && !target.lan_ip.is_unspecified())
+            .then(|| SocketAddr::from((target.lan_ip, target.port)));
+        match lan {
+            Some(addr) => dials.push((Method::Lan, addr)),
+            None => attempt.tries.push(skipped(
+                Method::Lan,
+                if same_wan {
+                    "their UNL has no LAN address and port"
+                } else {
+                    "different WAN address"
+                },
+            )),
+        }
+        // Direct.
+        if target.node_type != NodeType::Passive {
+            attempt
+                .tries
+                .push(skipped(Method::Direct, "they are not passive"));
+        } else if target.port == 0 || target.wan_ip.is_unspecified() {
+            attempt.tries.push(skipped(
+                Method::Direct,
+                "their UNL has no WAN address and port",
+            ));
+        } else if lan.is_some() {
+            attempt.tries.push(skipped(
+                Method::Direct,
+                "same WAN address: the LAN address is dialed instead",
+            ));
+        } else {
+            dials.push((
+                Method::Direct,
+                SocketAddr::from((target.wan_ip, target.port)),
+            ));
+        }
+        // Reverse.
+        let reverse_blocker =
+            if ours.is_none_or(|o| o.node_type != NodeType::Passive || o.port == 0) {
+                Some("this node is not passive")
+            } else if target.node_id.is_none() {
+                Some("their UNL has no node id (no mailbox)")
+            } else if self.mailbox.is_none() {
+                Some("no dht-msg server configured")
+            } else {
+                None
+            };
+        for (method, addr) in &dials {
+            attempt.tries.push(Try {
+                method: *method,
+                addr: Some(*addr),
+                started_ms: Some(0),
+                ended_ms: None,
+                result: TryResult::Pending,
+            });
+        }
+        if let Some(why) = reverse_blocker {
+            attempt.tries.push(skipped(Method::Reverse, why));
+        } else {
+            {
+                attempt.tries.push(Try {
+                    method: Method::Reverse,
+                    addr: None,
+                    started_ms: None,
+                    ended_ms: None,
+                    result: TryResult::Pending,
+                });
+                attempt.reverse_at = Some(if dials.is_empty() {
+                    now
+                } else {
+                    now + self.config.reverse_head_start
+                });
+            }
+        }
+        if target.node_type == NodeType::Simultaneous {
+            attempt.tries.push(skipped(
+                Method::Punch,
+                "hole punching is not implemented yet",
+            ));
+        }
+        if target.node_type == NodeType::Simultaneous {
+            attempt.tries.push(skipped(
+                Method::Punch,
+                "hole punching is not implemented yet",
+            ));
+        }
+        dials
+    }
+
+    /// The timers of connects and the mailbox, for [`Core::poll_timeout`].
+    pub(super) fn unl_timeout(&self) -> Option<Instant> {
+        let attempts = self
+            .attempts
+            .values()
+            .flat_map(|a| [Some(a.deadline), a.reverse_at])
+            .flatten();
+        let mailbox = self.mailbox.iter().flat_map(|m| {
+            let retry = match m.state {
+                MailboxState::Down(at) => Some(at),
+                _ => None,
+            };
+            [retry, m.next_ping]
+        });
+        attempts.chain(mailbox.flatten()).min()
+    }
+
+    /// Runs due connect and mailbox timers.
+    pub(super) fn unl_handle_timeout(&mut self, now: Instant) {
+        self.connect_timers(now);
+        self.mailbox_timers(now);
+    }
+
+    fn connect_timers(&mut self, now: Instant) {
+        let due: Vec<ConnectId> = self
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.reverse_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.start_reverse(now, id);
+        }
+        let expired: Vec<ConnectId> = self
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let after = self.config.unl_connect_timeout;
+            self.finish(
+                now,
+                id,
+                Err(format!("no method succeeded within {after:?}")),
+            );
+        }
+    }
+
+    fn start_reverse(&mut self, now: Instant, id: ConnectId) {
+        let Some(ours) = self.local_unl else { return };
+        let Some(a) = self.attempts.get_mut(&id) else {
+            return;
+        };
+        if a.reverse_at.take().is_none() {
+            return;
+        }
+        let ms = millis(now - a.started);
+        let Some(t) = a.tries.iter_mut().find(|t| t.method == Method::Reverse) else {
+            return;
+        };
+        t.started_ms = Some(ms);
+        let Some(node) = a.target.node_id else { return };
+        let body = ReverseRequest {
+            unl: ours,
+            nonce: a.nonce,
+        }
+        .to_string();
+        let to = node.mailbox_id().parse::<mailbox::NodeId>();
+        match to {
+            Ok(to) => self.mailbox_put(now, Request::Put { to, body }.to_string(), Some(id)),
+            Err(e) => self.try_failed(now, id, Method::Reverse, None, &e.to_string()),
+        }
+    }
+
+    fn mailbox_put(&mut self, now: Instant, line: String, id: Option<ConnectId>) {
+        let Some(m) = self.mailbox.as_mut() else {
+            if let Some(id) = id {
+                self.try_failed(now, id, Method::Reverse, None, "no dht-msg server");
+            }
+            return;
+        };
+        if m.state == MailboxState::Up {
+            m.awaiting.push_back(Awaiting::Put(id));
+            self.out.push_back(Output::MailboxSend { line });
+        } else if m.queued.len() < MAILBOX_MAX_QUEUED {
+            m.queued.push_back((line, id));
+        } else if let Some(id) = id {
+            self.try_failed(
+                now,
+                id,
+                Method::Reverse,
+                None,
+                "the mailbox server is unreachable",
+            );
+        }
+    }
+
+    /// A try of `id` ended badly. When nothing is left running, the reverse try starts at
+    /// once (if it waits), else the connect fails.
+    fn try_failed(
+        &mut self,
+        now: Instant,
+        id: ConnectId,
+        method: Method,
+        addr: Option<SocketAddr>,
+        reason: &str,
+    ) {
+        let Some(a) = self.attempts.get_mut(&id) else {
+            return;
+        };
+        let ms = millis(now - a.started);
+        if let Some(t) = a.tries.iter_mut().find(|t| {
+            t.method == method
+                && t.result == TryResult::Pending
+                && (addr.is_none() || t.addr == addr)
+        }) {
+            t.result = TryResult::Failed(reason.to_owned());
+            t.ended_ms = Some(ms);
+        }
+        let running = a
+            .tries
+            .iter()
+            .any(|t| t.result == TryResult::Pending && t.started_ms.is_some());
+        if running {
+            return;
+        }
+        if a.reverse_at.is_some() {
+            a.reverse_at = Some(now);
+            self.start_reverse(now, id);
+            return;
+        }
+        let summary = self
+            .attempts
+            .get(&id)
+            .map(|a| {
+                a.tries
+                    .iter()
+                    .filter_map(|t| match &t.result {
+                        TryResult::Failed(why) => Some(format!("{}: {why}", t.method)),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        self.finish(now, id, Err(format!("every method failed ({summary})")));
+    }
+
+    /// Ends connect `id`: marks the winner (or the failure), stops the other tries, reports.
+    fn finish(
+        &mut self,
+        now: Instant,
+        id: ConnectId,
+        result: Result<(ConnId, Method, SocketAddr), String>,
+    ) {
+        let Some(mut a) = self.attempts.remove(&id) else {
+            return;
+        };
+        let ms = millis(now - a.started);
+        self.attempt_dials.retain(|_, v| *v != id);
+        let losers: Vec<ConnId> = self
+            .conn_attempt
+            .iter()
+            .filter(|(c, v)| **v == id && result.as_ref().map_or(true, |w| w.0 != **c))
+            .map(|(c, _)| *c)
+            .collect();
+        self.conn_attempt.retain(|_, v| *v != id);
+        for t in &mut a.tries {
+            if t.result == TryResult::Pending {
+                match (&result, t.started_ms) {
+                    (Ok((_, m, addr)), Some(_))
+                        if *m == t.method && (t.addr.is_none() || t.addr == Some(*addr)) =>
+                    {
+                        t.result = TryResult::Won;
+                    }
+                    (Ok(_), Some(_)) => t.result = TryResult::Cancelled,
+                    (Err(_), Some(_)) => {
+                        t.result = TryResult::Failed("no answer before the deadline".to_owned());
+                    }
+                    (_, None) => {
+                        t.result = TryResult::Skipped("not started".to_owned());
+                        continue;
+                    }
+                }
+                t.ended_ms = Some(ms);
+            }
+        }
+        for conn in losers {
+            self.close(now, conn, "another connect method won");
+        }
+        let outcome = match result {
+            Ok((conn, method, addr)) => ConnectOutcome {
+                id,
+                target: a.target.to_string(),
+                connected: true,
+                conn: Some(conn),
+                method: Some(method),
+                addr: Some(addr),
+                error: None,
+                ms,
+                tries: a.tries,
+            },
+            Err(error) => ConnectOutcome {
+                id,
+                target: a.target.to_string(),
+                connected: false,
+                conn: None,
+                method: None,
+                addr: None,
+                error: Some(error),
+                ms,
+                tries: a.tries,
+            },
+        };
+        self.out
+            .push_back(Output::Event(Event::ConnectDone(outcome)));
+    }
+
+    /// Lines to send first on a new connection: `IAM` (with the nonce when this is a reverse
+    /// connect someone asked for). Also binds outbound connections to connects.
+    pub(super) fn unl_on_open(&mut self, conn: ConnId, addr: SocketAddr, direction: Direction) {
+        let mut nonce = None;
+        if direction == Direction::Outbound {
+            if let Some(id) = self.attempt_dials.remove(&addr) {
+                self.conn_attempt.insert(conn, id);
+            }
+            if let Some(r) = self.reverse_dials.remove(&addr) {
+                nonce = Some(r.nonce);
+                self.conn_expect.insert(conn, r.node);
+            }
+        }
+        self.out.push_back(Output::Send {
+            conn,
+            line: Control::Iam {
+                node: self.node_id,
+                nonce,
+            }
+            .to_string(),
+        });
+    }
+
+    /// A dial failed: the try that made it fails.
+    pub(super) fn unl_on_dial_failed(&mut self, now: Instant, addr: SocketAddr, reason: &str) {
+        self.reverse_dials.remove(&addr);
+        if let Some(id) = self.attempt_dials.remove(&addr) {
+            let method = self.method_of(id, addr);
+            self.try_failed(now, id, method, Some(addr), reason);
+        }
+    }
+
+    /// A connection closed: a try waiting on it fails.
+    pub(super) fn unl_on_closed(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        addr: SocketAddr,
+        reason: &str,
+    ) {
+        self.conn_expect.remove(&conn);
+        if let Some(id) = self.conn_attempt.remove(&conn) {
+            let method = self.method_of(id, addr);
+            self.try_failed(now, id, method, Some(addr), &format!("closed: {reason}"));
+        }
+    }
+
+    /// The peer's HELLO arrived. A connect whose target has no node id wins here; one that
+    /// expected an `IAM` first fails.
+    pub(super) fn unl_on_hello(&mut self, now: Instant, conn: ConnId) {
+        let Some(&id) = self.conn_attempt.get(&conn) else {
+            return;
+        };
+        let Some(addr) = self.conns.get(&conn).map(|p| p.addr) else {
+            return;
+        };
+        let method = self.method_of(id, addr);
+        let wants_id = self
+            .attempts
+            .get(&id)
+            .is_some_and(|a| a.target.node_id.is_some());
+        if wants_id {
+            self.close(
+                now,
+                conn,
+                "the peer did not say its node id (no IAM before HELLO)",
+            );
+        } else {
+            self.conn_attempt.remove(&conn);
+            self.finish(now, id, Ok((conn, method, addr)));
+        }
+    }
+
+    /// `P2P/1 IAM <node> [<nonce>]` arrived on `conn`.
+    pub(super) fn handle_iam(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        node: NodeId,
+        nonce: Option<Nonce>,
+    ) {
+        let Some(p) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if p.node.is_some() || p.id.is_some() {
+            self.close(
+                now,
+                conn,
+                "protocol error: IAM must come once, before HELLO",
+            );
+            return;
+        }
+        p.node = Some(node);
+        let (addr, direction) = (p.addr, p.direction);
+        if let Some(nonce) = nonce {
+            if direction != Direction::Inbound {
+                self.close(
+                    now,
+                    conn,
+                    "protocol error: a nonce on a connection we dialed",
+                );
+                return;
+            }
+            let found = self
+                .attempts
+                .iter()
+                .find(|(_, a)| a.nonce == nonce)
+                .map(|(id, a)| (*id, a.target.node_id));
+            match found {
+                None => self.close(now, conn, "unknown or expired reverse-connect nonce"),
+                Some((_, expected)) if expected != Some(node) => {
+                    self.close(
+                        now,
+                        conn,
+                        "reverse connect from a node other than the one asked",
+                    );
+                }
+                Some((id, _)) => self.finish(now, id, Ok((conn, Method::Reverse, addr))),
+            }
+            return;
+        }
+        if let Some(expected) = self.conn_expect.remove(&conn)
+            && expected != node
+        {
+            self.close(
+                now,
+                conn,
+                &format!("reverse connect reached node {node}, not {expected} who asked"),
+            );
+            return;
+        }
+        if let Some(id) = self.conn_attempt.remove(&conn) {
+            let method = self.method_of(id, addr);
+            let expected = self.attempts.get(&id).and_then(|a| a.target.node_id);
+            if expected.is_none_or(|e| e == node) {
+                self.finish(now, id, Ok((conn, method, addr)));
+            } else {
+                let why = format!("reached node {node} there, not the one in the UNL");
+                self.close(now, conn, &why);
+                self.try_failed(now, id, method, Some(addr), &why);
+            }
+        }
+    }
+
+    fn method_of(&self, id: ConnectId, addr: SocketAddr) -> Method {
+        self.attempts
+            .get(&id)
+            .and_then(|a| a.tries.iter().find(|t| t.addr == Some(addr)))
+            .map_or(Method::Direct, |t| t.method)
+    }
+
+    // ---- the mailbox connection ----
+
+    fn mailbox_timers(&mut self, now: Instant) {
+        let Some(m) = self.mailbox.as_mut() else {
+            return;
+        };
+        if let MailboxState::Down(at) = m.state
+            && at <= now
+        {
+            m.state = MailboxState::Connecting;
+            self.out.push_back(Output::MailboxDial { server: m.server });
+        }
+        if m.next_ping.is_some_and(|t| t <= now) {
+            m.next_ping = Some(now + MAILBOX_PING);
+            m.awaiting.push_back(Awaiting::Ping);
+            self.out.push_back(Output::MailboxSend {
+                line: Request::Ping.to_string(),
+            });
+        }
+    }
+
+    /// The mailbox connection opened: register and subscribe.
+    pub fn handle_mailbox_open(&mut self, _now: Instant) {
+        let node = self.node_id.mailbox_id();
+        let Some(m) = self.mailbox.as_mut() else {
+            return;
+        };
+        m.state = MailboxState::Opening;
+        m.awaiting.clear();
+        m.awaiting.push_back(Awaiting::Register);
+        m.awaiting.push_back(Awaiting::Subscribe);
+        self.out.push_back(Output::MailboxSend {
+            line: format!("REGISTER {node} {}", m.secret),
+        });
+        self.out.push_back(Output::MailboxSend {
+            line: Request::Subscribe.to_string(),
+        });
+    }
+
+    /// The mailbox connection failed or closed: try again later, with backoff.
+    pub fn handle_mailbox_closed(&mut self, now: Instant, reason: &str) {
+        let Some(m) = self.mailbox.as_mut() else {
+            return;
+        };
+        let was_up = m.state == MailboxState::Up;
+        m.state = MailboxState::Down(now + m.retry);
+        m.retry = if was_up {
+            MAILBOX_FIRST_RETRY
+        } else {
+            (m.retry * 2).min(MAILBOX_MAX_RETRY)
+        };
+        m.next_ping = None;
+        let lost: Vec<Option<ConnectId>> = m
+            .awaiting
+            .drain(..)
+            .filter_map(|w| match w {
+                Awaiting::Put(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let server = m.server;
+        self.out.push_back(Output::Event(Event::MailboxDown {
+            server,
+            reason: reason.to_owned(),
+        }));
+        for id in lost.into_iter().flatten() {
+            self.try_failed(
+                now,
+                id,
+                Method::Reverse,
+                None,
+                &format!("the mailbox connection closed: {reason}"),
+            );
+        }
+    }
+
+    /// A line from the mailbox server.
+    pub fn handle_mailbox_line(&mut self, now: Instant, line: &str) {
+        let reply = match line.parse::<Reply>() {
+            Ok(r) => r,
+            Err(e) => {
+                self.mailbox_fail(now, &format!("bad reply {line:?}: {e}"));
+                return;
+            }
+        };
+        if let Reply::Msg(delivery) = reply {
+            if let Some(m) = self.mailbox.as_mut() {
+                m.awaiting.push_back(Awaiting::Ack);
+            }
+            self.out.push_back(Output::MailboxSend {
+                line: Request::Ack { id: delivery.id }.to_string(),
+            });
+            let from = delivery.from.as_ref().map(|f| f.as_str().to_owned());
+            self.handle_mailbox_message(now, from.as_deref(), &delivery.body);
+            return;
+        }
+        let Some(m) = self.mailbox.as_mut() else {
+            return;
+        };
+        let Some(waiting) = m.awaiting.pop_front() else {
+            self.mailbox_fail(now, &format!("unexpected reply {line:?}"));
+            return;
+        };
+        match (waiting, reply) {
+            (Awaiting::Register, Reply::Registered { .. })
+            | (Awaiting::Ack, Reply::Acked { .. } | Reply::Error(_))
+            | (Awaiting::Ping, Reply::Pong)
+            | (Awaiting::Put(_), Reply::Stored { .. }) => {}
+            (Awaiting::Subscribe, Reply::Subscribed { .. }) => {
+                m.state = MailboxState::Up;
+                m.retry = MAILBOX_FIRST_RETRY;
+                m.next_ping = Some(now + MAILBOX_PING);
+                let server = m.server;
+                let queued: Vec<(String, Option<ConnectId>)> = m.queued.drain(..).collect();
+                for (line, id) in queued {
+                    m.awaiting.push_back(Awaiting::Put(id));
+                    self.out.push_back(Output::MailboxSend { line });
+                }
+                self.out
+                    .push_back(Output::Event(Event::MailboxUp { server }));
+            }
+            (Awaiting::Put(id), Reply::Error(reason)) => {
+                if let Some(id) = id {
+                    self.try_failed(
+                        now,
+                        id,
+                        Method::Reverse,
+                        None,
+                        &format!("the mailbox server refused the request: {reason}"),
+                    );
+                }
+            }
+            (w, reply) => {
+                self.mailbox_fail(now, &format!("{reply} in answer to {w:?}"));
+            }
+        }
+    }
+
+    fn mailbox_fail(&mut self, now: Instant, reason: &str) {
+        if self.mailbox.is_some() {
+            self.out.push_back(Output::MailboxClose {
+                reason: reason.to_owned(),
+            });
+            self.handle_mailbox_closed(now, reason);
+        }
+    }
+
+    /// A message from our mailbox: act on a reverse-connect request.
+    fn handle_mailbox_message(&mut self, now: Instant, from: Option<&str>, body: &str) {
+        if !body.starts_with(REVERSE_CONNECT_PREFIX) {
+            self.reverse_refused(from, None, "not a REVERSE_CONNECT message");
+            return;
+        }
+        let request = match body.parse::<ReverseRequest>() {
+            Ok(r) => r,
+            Err(e) => {
+                self.reverse_refused(from, None, &e);
+                return;
+            }
+        };
+        let Some(node) = request.unl.node_id else {
+            self.reverse_refused(from, None, "the UNL has no node id");
+            return;
+        };
+        if from != Some(node.mailbox_id().as_str()) {
+            self.reverse_refused(
+                from,
+                None,
+                "the sender did not prove it owns the UNL's node id",
+            );
+            return;
+        }
+        while self
+            .reverse_window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_mins(1))
+        {
+            self.reverse_window.pop_front();
+        }
+        if self.reverse_window.len() >= self.config.max_reverse_per_minute {
+            self.reverse_refused(from, None, "too many reverse-connect requests this minute");
+            return;
+        }
+        let same_wan = self
+            .local_unl
+            .is_some_and(|o| o.wan_ip == request.unl.wan_ip && !o.wan_ip.is_unspecified());
+        let ip: Ipv4Addr = if same_wan && !request.unl.lan_ip.is_unspecified() {
+            request.unl.lan_ip
+        } else {
+            request.unl.wan_ip
+        };
+        if request.unl.port == 0 || ip.is_unspecified() {
+            self.reverse_refused(from, None, "the UNL has no address and port to dial");
+            return;
+        }
+        let addr = SocketAddr::from((ip, request.unl.port));
+        self.reverse_window.push_back(now);
+        self.reverse_dials.insert(
+            addr,
+            ReverseDial {
+                node,
+                nonce: request.nonce,
+            },
+        );
+        self.out.push_back(Output::Event(Event::ReverseRequested {
+            from: node.to_string(),
+            addr: Some(addr),
+            refused: None,
+        }));
+        // A dial already in flight to that address carries the nonce when it opens.
+        if !self.dialing.contains(&addr) {
+            self.dial(addr);
+        }
+    }
+
+    fn reverse_refused(&mut self, from: Option<&str>, addr: Option<SocketAddr>, why: &str) {
+        self.out.push_back(Output::Event(Event::ReverseRequested {
+            from: from.unwrap_or("-").to_owned(),
+            addr,
+            refused: Some(why.to_owned()),
+        }));
+    }
+}
+
+fn skipped(method: Method, why: &str) -> Try {
+    Try {
+        method,
+        addr: None,
+        started_ms: None,
+        ended_ms: None,
+        result: TryResult::Skipped(why.to_owned()),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
