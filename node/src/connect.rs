@@ -47,7 +47,7 @@ impl fmt::Display for ConnectId {
 }
 
 /// How a connection was (or was to be) opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Already connected to that node.

@@ -456,6 +456,7 @@ impl Core {
         for conn in losers {
             self.close(now, conn, "another connect method won");
         }
+        a.tries.sort_by_key(|t| t.method);
         let outcome = match result {
             Ok((conn, method, addr)) => ConnectOutcome {
                 id,

@@ -18,6 +18,8 @@ use node::core::Event;
 use node::{Config, Net, Role};
 use tracing::{info, warn};
 
+mod unl_cmd;
+
 /// A peer-to-peer node: finds other nodes through a rendezvous server, keeps TCP connections
 /// to them, and floods lines across the overlay.
 ///
@@ -44,6 +46,22 @@ enum Command {
     /// gets one line per received line (with --json, one JSON object per line). Ctrl-C sends
     /// CLEAR to the rendezvous (if advertised) and closes every connection.
     Run(RunArgs),
+    /// Print this node's UNL (Universal Node Locator) and exit.
+    ///
+    /// The UNL packs the node id (its mailbox name on the dht-msg server), role, NAT type,
+    /// port, WAN and LAN address into 52 base64 characters that another user can pass to
+    /// `p2p-node connect`. Without a forwarding check (or --wan-ip) the WAN address is taken
+    /// to be the LAN address, which is only right without a NAT.
+    Unl(unl_cmd::UnlArgs),
+    /// Open a direct connection to the node a UNL names, print the outcome, then exchange
+    /// lines: stdin lines go to the peer, the peer's lines go to stdout.
+    ///
+    /// Methods, in PyP2P's order but overlapping: LAN (same WAN address), direct (they are
+    /// passive), reverse (we are passive: the request goes through their dht-msg mailbox and
+    /// they dial us). The outcome line says which method won and how long it took; with
+    /// --json: {"connected": true, "method": "lan|direct|reverse", "ms": N, "peer": "ip:port",
+    /// "tries": [...]}. Exit status 2 when no method worked.
+    Connect(unl_cmd::ConnectArgs),
     /// Detect how this machine's NAT maps TCP ports (PyP2P's method: five `SOURCE TCP` probes
     /// from fresh ports): preserving, delta(n) or random.
     NatType(NatArgs),
@@ -51,9 +69,8 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Rendezvous server HOST:PORT; repeat for failover (tried in order).
-    #[arg(long, value_name = "HOST:PORT")]
-    rendezvous: Vec<String>,
+    #[command(flatten)]
+    servers: unl_cmd::ServerFlags,
     /// Address to accept connections on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
@@ -85,6 +102,10 @@ struct RunArgs {
     /// Print "connected"/"disconnected" notices on stdout too (as JSON with --json).
     #[arg(long)]
     show_events: bool,
+    /// Write this node's UNL to PATH once it is known (others connect with
+    /// `p2p-node connect $(cat PATH)`).
+    #[arg(long, value_name = "PATH")]
+    unl_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -115,6 +136,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(&args),
+        Command::Unl(args) => unl_cmd::unl(&args),
+        Command::Connect(args) => unl_cmd::connect(&args),
         Command::NatType(args) => nat_type(&args),
     };
     if let Err(e) = result {
@@ -132,7 +155,7 @@ fn config_from(args: &RunArgs) -> Result<Config> {
         }
         None => Config::default(),
     };
-    config.rendezvous.extend(args.rendezvous.iter().cloned());
+    args.servers.apply(&mut config);
     config.bind = args.bind;
     config.port = args.port;
     config.listen = !args.no_listen;
@@ -147,13 +170,19 @@ fn config_from(args: &RunArgs) -> Result<Config> {
 
 fn run(args: &RunArgs) -> Result<()> {
     let config = config_from(args)?;
-    if config.rendezvous.is_empty() && args.connect.is_empty() {
-        bail!("nothing to join: give --rendezvous HOST:PORT or --connect IP:PORT");
+    if config.rendezvous.is_empty() && args.connect.is_empty() && config.dht_msg.is_none() {
+        bail!(
+            "nothing to join: give --rendezvous HOST:PORT, --connect IP:PORT, or --dht-msg \
+             HOST:PORT (to accept connections by UNL)"
+        );
     }
     let has_rendezvous = !config.rendezvous.is_empty();
     let passive = config.node_type == Role::Passive;
     let mut net = Net::new(config)?;
     net.start()?;
+    if let Some(path) = &args.unl_file {
+        unl_cmd::write_unl_file(path, &net.unl())?;
+    }
     if has_rendezvous {
         if passive {
             net.advertise().context("advertising to the rendezvous")?;
