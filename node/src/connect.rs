@@ -132,6 +132,8 @@ pub struct ConnectOutcome {
     pub error: Option<String>,
     /// Milliseconds from `connect` to the outcome.
     pub ms: u64,
+    /// The same in microseconds.
+    pub us: u64,
     /// Every method considered, in order.
     pub tries: Vec<Try>,
 }

@@ -425,6 +425,7 @@ impl Core {
             return;
         };
         let ms = millis(now - a.started);
+        let us = u64::try_from((now - a.started).as_micros()).unwrap_or(u64::MAX);
         self.attempt_dials.retain(|_, v| *v != id);
         let losers: Vec<ConnId> = self
             .conn_attempt
@@ -467,6 +468,7 @@ impl Core {
                 addr: Some(addr),
                 error: None,
                 ms,
+                us,
                 tries: a.tries,
             },
             Err(error) => ConnectOutcome {
@@ -478,6 +480,7 @@ impl Core {
                 addr: None,
                 error: Some(error),
                 ms,
+                us,
                 tries: a.tries,
             },
         };

@@ -182,6 +182,7 @@ fn print_outcome(outcome: &ConnectOutcome, json: bool) {
                 "connected": outcome.connected,
                 "method": outcome.method,
                 "ms": outcome.ms,
+                "us": outcome.us,
                 "peer": outcome.addr.map(|a| a.to_string()),
                 "error": outcome.error,
                 "tries": outcome.tries,
