@@ -379,3 +379,252 @@ fn a_broadcast_is_forwarded_once_and_not_back_to_its_sender() {
         }]
     );
 }
+
+mod unl_connect {
+    //! Connect by UNL in virtual time: nonces, node ids, fallbacks, forged requests.
+
+    use super::*;
+    use crate::connect::{Method, TryResult};
+    use crate::proto::overlay::Nonce;
+    use crate::unl::{Forwarding, NatType, NodeType, Unl};
+
+    const MAILBOX: &str = "10.0.0.50:8090";
+
+    fn unl_of(c: &Core, node_type: NodeType, ip: &str, port: u16) -> Unl {
+        Unl {
+            node_id: Some(c.node_id()),
+            node_type,
+            nat_type: NatType::Unknown,
+            forwarding: Forwarding::Forwarded,
+            port,
+            wan_ip: ip.parse().unwrap(),
+            lan_ip: ip.parse().unwrap(),
+        }
+    }
+
+    /// A passive core at `ip`:4000 with its mailbox up.
+    fn node(seed: u64, ip: &str, now: Instant) -> Core {
+        let mut c = core(seed);
+        c.set_local_unl(unl_of(&c, NodeType::Passive, ip, 4000));
+        c.enable_mailbox(now, addr(MAILBOX));
+        assert!(matches!(
+            drain(&mut c).as_slice(),
+            [Output::MailboxDial { .. }]
+        ));
+        c.handle_mailbox_open(now);
+        let id = c.node_id().mailbox_id();
+        c.handle_mailbox_line(now, &format!("OK REGISTERED {id} NEW"));
+        c.handle_mailbox_line(now, "OK SUBSCRIBED 0");
+        assert!(c.mailbox_up());
+        drain(&mut c);
+        c
+    }
+
+    fn iam(c: &Core, nonce: Option<Nonce>) -> String {
+        Control::Iam {
+            node: c.node_id(),
+            nonce,
+        }
+        .to_string()
+    }
+
+    fn outcome(outputs: &[Output]) -> Option<ConnectOutcome> {
+        outputs.iter().find_map(|o| match o {
+            Output::Event(Event::ConnectDone(out)) => Some(out.clone()),
+            _ => None,
+        })
+    }
+
+    fn put_body(outputs: &[Output]) -> Option<String> {
+        outputs.iter().find_map(|o| match o {
+            Output::MailboxSend { line } if line.starts_with("PUT ") => {
+                Some(line.splitn(3, ' ').nth(2).unwrap().to_owned())
+            }
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_reverse_connect_wins_only_with_the_posted_nonce_from_the_right_node() {
+        let now = Instant::now();
+        let mut alice = node(1, "192.0.2.1", now);
+        let bob = core(2);
+        let bob_unl = unl_of(&bob, NodeType::Active, "198.51.100.2", 0);
+        let id = alice.connect_unl(now, bob_unl);
+        let out = drain(&mut alice);
+        // Nothing to dial: the request goes to bob's mailbox at once.
+        let body = put_body(&out).expect("a PUT to bob's mailbox");
+        let request: crate::connect::ReverseRequest = body.parse().unwrap();
+        assert_eq!(request.unl.node_id, Some(alice.node_id()));
+        let mallory = core(3);
+        let from = addr("203.0.113.9:5555");
+        // A stranger guessing a nonce is closed.
+        alice.handle_open(now, ConnId(1), from, Direction::Inbound);
+        alice.handle_line(now, ConnId(1), &iam(&mallory, Some(Nonce([9; 32]))));
+        let out = drain(&mut alice);
+        assert_eq!(
+            closed(&out),
+            vec![(ConnId(1), "unknown or expired reverse-connect nonce".into())]
+        );
+        // The right nonce from the wrong node is closed too.
+        alice.handle_open(now, ConnId(2), from, Direction::Inbound);
+        alice.handle_line(now, ConnId(2), &iam(&mallory, Some(request.nonce)));
+        let out = drain(&mut alice);
+        assert_eq!(closed(&out).len(), 1, "{out:?}");
+        assert!(outcome(&out).is_none());
+        // bob with the nonce: connected, by reverse.
+        let later = now + Duration::from_millis(40);
+        alice.handle_open(later, ConnId(3), from, Direction::Inbound);
+        alice.handle_line(later, ConnId(3), &iam(&bob, Some(request.nonce)));
+        let done = outcome(&drain(&mut alice)).expect("an outcome");
+        assert!(done.connected);
+        assert_eq!(done.id, id);
+        assert_eq!(done.conn, Some(ConnId(3)));
+        assert_eq!(done.method, Some(Method::Reverse));
+        assert_eq!(done.ms, 40);
+        // The nonce is spent: replaying it is refused.
+        alice.handle_open(later, ConnId(4), from, Direction::Inbound);
+        alice.handle_line(later, ConnId(4), &iam(&bob, Some(request.nonce)));
+        assert_eq!(closed(&drain(&mut alice)).len(), 1);
+    }
+
+    #[test]
+    fn a_dial_that_reaches_another_node_fails_and_reverse_starts_at_once() {
+        let now = Instant::now();
+        let mut alice = node(1, "192.0.2.1", now);
+        let bob = core(2);
+        let bob_unl = unl_of(&bob, NodeType::Passive, "198.51.100.2", 4000);
+        let id = alice.connect_unl(now, bob_unl);
+        let out = drain(&mut alice);
+        let target = addr("198.51.100.2:4000");
+        assert!(out.contains(&Output::Dial { addr: target }), "{out:?}");
+        assert!(put_body(&out).is_none(), "reverse waits for its head start");
+        // Someone else answers at bob's address.
+        let t1 = now + Duration::from_millis(5);
+        alice.handle_open(t1, ConnId(1), target, Direction::Outbound);
+        alice.handle_line(t1, ConnId(1), &iam(&core(7), None));
+        let out = drain(&mut alice);
+        assert_eq!(closed(&out).len(), 1, "{out:?}");
+        let body = put_body(&out).expect("reverse starts as soon as the dial failed");
+        let nonce = body
+            .parse::<crate::connect::ReverseRequest>()
+            .unwrap()
+            .nonce;
+        let t2 = now + Duration::from_millis(20);
+        alice.handle_open(t2, ConnId(2), addr("198.51.100.2:6000"), Direction::Inbound);
+        alice.handle_line(t2, ConnId(2), &iam(&bob, Some(nonce)));
+        let done = outcome(&drain(&mut alice)).unwrap();
+        assert_eq!((done.id, done.method), (id, Some(Method::Reverse)));
+        let direct = done
+            .tries
+            .iter()
+            .find(|t| t.method == Method::Direct)
+            .unwrap();
+        assert!(
+            matches!(&direct.result, TryResult::Failed(why) if why.contains("not the one in the UNL")),
+            "{direct:?}"
+        );
+        assert_eq!(direct.ended_ms, Some(5));
+    }
+
+    #[test]
+    fn a_connect_with_nothing_answering_fails_at_the_deadline_with_every_try() {
+        let now = Instant::now();
+        let mut alice = node(1, "192.0.2.1", now);
+        let bob_unl = unl_of(&core(2), NodeType::Passive, "198.51.100.2", 4000);
+        alice.connect_unl(now, bob_unl);
+        drain(&mut alice);
+        // The head start passes: reverse starts beside the dial.
+        let t1 = now + Duration::from_secs(1);
+        assert!(alice.poll_timeout().is_some_and(|t| t <= t1));
+        alice.handle_timeout(t1);
+        assert!(put_body(&drain(&mut alice)).is_some());
+        let t2 = now + Duration::from_secs(10);
+        alice.handle_timeout(t2);
+        let done = outcome(&drain(&mut alice)).unwrap();
+        assert!(!done.connected);
+        assert!(done.error.unwrap().contains("within 10s"));
+        assert!(
+            done.tries
+                .iter()
+                .filter(|t| t.started_ms.is_some())
+                .all(|t| matches!(t.result, TryResult::Failed(_))),
+            "{:?}",
+            done.tries
+        );
+    }
+
+    #[test]
+    fn forged_or_excess_reverse_requests_are_refused() {
+        let now = Instant::now();
+        let mut bob = node(2, "198.51.100.2", now);
+        let alice = core(1);
+        let alice_unl = unl_of(&alice, NodeType::Passive, "192.0.2.1", 4000);
+        let request = crate::connect::ReverseRequest {
+            unl: alice_unl,
+            nonce: Nonce([5; 32]),
+        };
+        let refused = |out: &[Output]| {
+            out.iter().find_map(|o| match o {
+                Output::Event(Event::ReverseRequested { refused, .. }) => refused.clone(),
+                _ => None,
+            })
+        };
+        // Anonymous sender: refused (but acknowledged, so it is not delivered again).
+        bob.handle_mailbox_line(now, &format!("MSG 1 - {request}"));
+        let out = drain(&mut bob);
+        assert!(out.contains(&Output::MailboxSend {
+            line: "ACK 1".into()
+        }));
+        assert!(refused(&out).unwrap().contains("did not prove"));
+        assert!(!out.iter().any(|o| matches!(o, Output::Dial { .. })));
+        // A sender that is not the UNL's node: refused.
+        let mallory = core(3).node_id().mailbox_id();
+        bob.handle_mailbox_line(now, &format!("MSG 2 {mallory} {request}"));
+        bob.handle_mailbox_line(now, "OK ACK 1");
+        assert!(refused(&drain(&mut bob)).is_some());
+        // Garbage: refused.
+        bob.handle_mailbox_line(now, "MSG 3 - hello there");
+        assert!(
+            refused(&drain(&mut bob))
+                .unwrap()
+                .contains("not a REVERSE_CONNECT")
+        );
+        // The real thing: bob dials alice and opens with the nonce.
+        let from = alice.node_id().mailbox_id();
+        bob.handle_mailbox_line(now, &format!("MSG 4 {from} {request}"));
+        let out = drain(&mut bob);
+        let target = addr("192.0.2.1:4000");
+        assert!(out.contains(&Output::Dial { addr: target }), "{out:?}");
+        bob.handle_open(now, ConnId(1), target, Direction::Outbound);
+        let out = drain(&mut bob);
+        assert_eq!(
+            out[0],
+            Output::Send {
+                conn: ConnId(1),
+                line: iam(&bob, Some(request.nonce))
+            }
+        );
+        // Whoever answers there must be alice.
+        bob.handle_line(now, ConnId(1), &iam(&core(9), None));
+        assert_eq!(closed(&drain(&mut bob)).len(), 1);
+        // The rate limit: 16 a minute (one used above).
+        for i in 0..20 {
+            let r = crate::connect::ReverseRequest {
+                unl: Unl {
+                    port: 5000 + i,
+                    ..alice_unl
+                },
+                nonce: Nonce([5; 32]),
+            };
+            bob.handle_mailbox_line(now, &format!("MSG {} {from} {r}", 10 + i));
+        }
+        let out = drain(&mut bob);
+        let dials = out
+            .iter()
+            .filter(|o| matches!(o, Output::Dial { .. }))
+            .count();
+        assert_eq!(dials, 15);
+        assert!(refused(&out).unwrap().contains("too many"));
+    }
+}
