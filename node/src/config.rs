@@ -119,6 +119,9 @@ pub struct Config {
     /// A connect by UNL that has not succeeded after this fails (default 10 s).
     #[serde(with = "duration_text")]
     pub unl_connect_timeout: Duration,
+    /// Reverse-connect requests from our mailbox acted on per minute at most (default 16):
+    /// each makes us dial the address in the request.
+    pub max_reverse_per_minute: usize,
     /// Our WAN address when known beforehand (default: learned from the forwarding check, else
     /// taken to be our LAN address).
     pub wan_ip: Option<std::net::Ipv4Addr>,
@@ -155,6 +158,7 @@ impl Default for Config {
             dht_msg: None,
             ntp: None,
             unl_connect_timeout: Duration::from_secs(10),
+            max_reverse_per_minute: 16,
             wan_ip: None,
         }
     }

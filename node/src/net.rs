@@ -429,6 +429,7 @@ impl Net {
             seen_lifetime: config.seen_lifetime,
             seed,
             unl_connect_timeout: config.unl_connect_timeout,
+            max_reverse_per_minute: config.max_reverse_per_minute,
             ..CoreConfig::default()
         });
         let poll = Poll::new()?;

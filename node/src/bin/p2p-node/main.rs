@@ -106,6 +106,10 @@ struct RunArgs {
     /// `p2p-node connect $(cat PATH)`).
     #[arg(long, value_name = "PATH")]
     unl_file: Option<PathBuf>,
+    /// Reverse-connect requests acted on per minute at most (each makes this node dial the
+    /// address in the request; the sender must own the node id in it).
+    #[arg(long, default_value_t = 16)]
+    max_reverse_per_minute: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -165,6 +169,7 @@ fn config_from(args: &RunArgs) -> Result<Config> {
     };
     config.max_inbound = args.max_inbound;
     config.max_outbound = args.max_outbound;
+    config.max_reverse_per_minute = args.max_reverse_per_minute;
     Ok(config)
 }
 
