@@ -175,12 +175,17 @@ fn a_plain_line_peer_like_pyp2p_can_talk_to_a_node() {
     }
     a.poll(Some(Duration::ZERO)).unwrap();
     let mut reader = BufReader::new(raw);
-    let mut first = String::new();
-    reader.read_line(&mut first).unwrap();
-    assert!(first.starts_with("P2P/1 HELLO "), "{first:?}");
-    let mut second = String::new();
-    reader.read_line(&mut second).unwrap();
-    assert_eq!(second, "hello raw peer\r\n");
+    // The node opens with its control lines (IAM: its UNL node id; HELLO), which a PyP2P peer
+    // sees as ordinary lines, then the application's line.
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        lines.push(line);
+    }
+    assert!(lines[0].starts_with("P2P/1 IAM "), "{lines:?}");
+    assert!(lines[1].starts_with("P2P/1 HELLO "), "{lines:?}");
+    assert_eq!(lines[2], "hello raw peer\r\n");
 }
 
 #[test]
