@@ -4,11 +4,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dht_msg::wire::Reply;
 use dht_msg::{Config, RunningServer};
+use node::testkit::ServerProcess;
 use socket2::{Domain, Socket, Type};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -265,61 +266,14 @@ fn shutdown_closes_every_connection() {
 
 // ----- the real binary ------------------------------------------------------------------------
 
-struct Binary {
-    child: Option<Child>,
-    addr: SocketAddr,
-}
-
-impl Binary {
-    fn spawn(data_dir: Option<&PathBuf>) -> Binary {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dht-msg"));
-        command
-            .args(["--listen", &addr.to_string()])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped());
-        if let Some(dir) = data_dir {
-            command.arg("--data-dir").arg(dir);
-        }
-        let binary = Binary {
-            child: Some(command.spawn().unwrap()),
-            addr,
-        };
-        let started = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            // Dropping `binary` kills the child.
-            assert!(
-                started.elapsed() < DEADLINE,
-                "binary never listened on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        binary
+/// The real binary on a port it picks itself (`node::testkit`); killed when dropped.
+fn spawn_binary(data_dir: Option<&PathBuf>) -> ServerProcess {
+    let mut args = Vec::new();
+    if let Some(dir) = data_dir {
+        args.push("--data-dir");
+        args.push(dir.to_str().unwrap());
     }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([signal, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    ServerProcess::spawn(env!("CARGO_BIN_EXE_dht-msg"), &args).unwrap()
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -333,9 +287,9 @@ fn temp_dir(name: &str) -> PathBuf {
 #[test]
 fn a_restart_with_data_dir_keeps_undelivered_messages() {
     let dir = temp_dir("restart");
-    let first = Binary::spawn(Some(&dir));
-    let mut bob = Client::register("127.0.0.2", first.addr, "bob", "s3cret");
-    let mut alice = Client::register("127.0.0.3", first.addr, "alice", "pw");
+    let first = spawn_binary(Some(&dir));
+    let mut bob = Client::register("127.0.0.2", first.addr(), "bob", "s3cret");
+    let mut alice = Client::register("127.0.0.3", first.addr(), "alice", "pw");
     for i in 1..=3 {
         assert_eq!(
             alice.ask(&format!("PUT bob msg {i}")),
@@ -348,31 +302,30 @@ fn a_restart_with_data_dir_keeps_undelivered_messages() {
     }
     // Only the first is acknowledged before the crash.
     assert_eq!(bob.ask("ACK 1"), "OK ACK 1");
-    first.signal("-KILL");
-    drop(first);
+    first.kill().unwrap();
 
-    let second = Binary::spawn(Some(&dir));
-    let mut bob = Client::register("127.0.0.2", second.addr, "bob", "s3cret");
+    let second = spawn_binary(Some(&dir));
+    let mut bob = Client::register("127.0.0.2", second.addr(), "bob", "s3cret");
     bob.send("SUBSCRIBE");
     assert_eq!(bob.recv(), "OK SUBSCRIBED 2");
     assert_eq!(bob.recv(), "MSG 2 alice msg 2");
     assert_eq!(bob.recv(), "MSG 3 alice msg 3");
     // The secret was kept (hashed): a wrong one is still refused.
-    let mut mallory = Client::from("127.0.0.9", second.addr);
+    let mut mallory = Client::from("127.0.0.9", second.addr());
     assert!(mallory.ask("REGISTER bob guess").contains("wrong secret"));
     // New ids continue after the old ones.
-    let mut alice = Client::register("127.0.0.3", second.addr, "alice", "pw");
+    let mut alice = Client::register("127.0.0.3", second.addr(), "alice", "pw");
     assert_eq!(alice.ask("PUT bob msg 4"), "OK PUT 4");
     assert_eq!(bob.recv(), "MSG 4 alice msg 4");
     for i in 2..=4 {
         assert_eq!(bob.ask(&format!("ACK {i}")), format!("OK ACK {i}"));
     }
-    second.signal("-TERM");
-    drop(second);
+    let (status, log) = second.terminate().unwrap();
+    assert!(status.success(), "{log}");
 
     // Nothing pending any more: ids still never repeat.
-    let third = Binary::spawn(Some(&dir));
-    let mut alice = Client::register("127.0.0.3", third.addr, "alice", "pw");
+    let third = spawn_binary(Some(&dir));
+    let mut alice = Client::register("127.0.0.3", third.addr(), "alice", "pw");
     assert_eq!(alice.ask("PUT bob msg 5"), "OK PUT 5");
     drop(third);
     let _ = std::fs::remove_dir_all(&dir);
@@ -380,25 +333,22 @@ fn a_restart_with_data_dir_keeps_undelivered_messages() {
 
 #[test]
 fn without_data_dir_a_restart_forgets() {
-    let first = Binary::spawn(None);
-    let mut bob = Client::register("127.0.0.2", first.addr, "bob", "s3cret");
+    let first = spawn_binary(None);
+    let mut bob = Client::register("127.0.0.2", first.addr(), "bob", "s3cret");
     assert_eq!(bob.ask("PUT bob x"), "OK PUT 1");
     drop(first);
-    let second = Binary::spawn(None);
-    let mut bob = Client::register("127.0.0.2", second.addr, "bob", "other");
+    let second = spawn_binary(None);
+    let mut bob = Client::register("127.0.0.2", second.addr(), "bob", "other");
     assert_eq!(bob.ask("LIST"), "OK LIST 0");
 }
 
 #[test]
 fn the_binary_stops_cleanly_on_sigterm() {
-    let binary = Binary::spawn(None);
-    let mut c = Client::register("127.0.0.2", binary.addr, "bob", "s3cret");
+    let binary = spawn_binary(None);
+    let mut c = Client::register("127.0.0.2", binary.addr(), "bob", "s3cret");
     assert_eq!(c.ask("PING"), "PONG");
-    binary.signal("-TERM");
-    let mut binary = binary;
-    let output = binary.child.take().unwrap().wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "exit {:?}: {log}", output.status);
+    let (status, log) = binary.terminate().unwrap();
+    assert!(status.success(), "exit {status:?}: {log}");
     assert!(log.contains("shutting down"), "{log}");
     assert!(c.is_closed());
 }

@@ -3,12 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use forwarding_check::core::{PYP2P_NO, PYP2P_YES};
 use forwarding_check::{Config, RunningServer};
+use node::testkit::ServerProcess;
 use socket2::{Domain, Socket, Type};
 
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -303,50 +303,20 @@ fn shutdown_closes_every_connection_and_reports() {
 /// The real binary: serves, logs a line per check, exits cleanly on SIGTERM.
 #[test]
 fn binary_serves_and_stops_on_sigterm() {
-    let port = closed_port("127.0.0.1");
-    let addr: SocketAddr = (IpAddr::from([127, 0, 0, 1]), port).into();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_forwarding-check"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--connect-timeout",
-            "1s",
-            "--checks-per-minute",
-            "30",
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("binary never listened");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_forwarding-check"),
+        &["--connect-timeout", "1s", "--checks-per-minute", "30"],
+    )
+    .unwrap();
+    let addr = server.addr();
     let listener = listener_on("127.0.0.1");
     let open = listener.local_addr().unwrap().port();
     assert_eq!(
         get("127.0.0.1", addr, &pyp2p_check(open)),
         (200, PYP2P_YES.to_owned())
     );
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let output = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit status {:?}: {log}",
-        output.status
-    );
+    let (status, log) = server.terminate().unwrap();
+    assert!(status.success(), "exit status {status:?}: {log}");
     assert!(log.contains("port check"), "{log}");
     assert!(log.contains("open=true"), "{log}");
     assert!(log.contains("shutting down"), "{log}");

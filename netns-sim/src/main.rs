@@ -1,5 +1,6 @@
 //! The `netns-sim` command: build a NAT lab, run commands in it, show it, tear it down, demo.
 
+use std::io::IsTerminal as _;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -241,6 +242,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match run(cli) {

@@ -27,6 +27,8 @@ pub mod net;
 pub mod proto;
 pub mod reach;
 pub mod server;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod units;
 pub mod unl;
 

@@ -2,11 +2,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use node::proto::rendezvous::Response;
+use node::testkit::ServerProcess;
 use rendezvous::{Config, RunningServer};
 use socket2::{Domain, Socket, Type};
 
@@ -277,52 +277,12 @@ fn shutdown_closes_every_connection_and_reports() {
 /// The real binary: serves, then exits cleanly on SIGTERM with a log line.
 #[test]
 fn binary_serves_and_stops_on_sigterm() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let addr: SocketAddr = (IpAddr::from([127, 0, 0, 1]), port).into();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rendezvous"))
-        .args(["--listen", &addr.to_string(), "--idle-timeout", "30s"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let mut c = loop {
-        match TcpStream::connect(addr) {
-            Ok(stream) => {
-                stream.set_read_timeout(Some(DEADLINE)).unwrap();
-                break Client {
-                    reader: BufReader::new(stream.try_clone().unwrap()),
-                    stream,
-                };
-            }
-            Err(_) if started.elapsed() < DEADLINE => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => {
-                let _ = child.kill();
-                panic!("binary never listened: {e}");
-            }
-        }
-    };
+    let server =
+        ServerProcess::spawn(env!("CARGO_BIN_EXE_rendezvous"), &["--idle-timeout", "30s"]).unwrap();
+    let mut c = Client::from("127.0.0.1", server.addr());
     assert!(c.ask("SOURCE TCP").starts_with("REMOTE TCP"));
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let output = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit status {:?}: {log}",
-        output.status
-    );
+    let (status, log) = server.terminate().unwrap();
+    assert!(status.success(), "exit status {status:?}: {log}");
     assert!(log.contains("shutting down"), "{log}");
     assert!(c.is_closed());
 }
