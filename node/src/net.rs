@@ -357,7 +357,6 @@ struct Query {
     deadline: Instant,
 }
 
-
 /// Outcomes the blocking helpers wait for.
 #[derive(Debug, Default)]
 struct Outcomes {
@@ -594,6 +593,12 @@ impl Net {
     pub fn wait_connect(&mut self, id: ConnectId) -> Result<ConnectOutcome, NetError> {
         let limit = self.config.unl_connect_timeout + Duration::from_secs(1);
         self.wait_for(limit, "connect", |o| o.connects.remove(&id).map(Ok))
+    }
+
+    /// Whether this simultaneous node is registered with the rendezvous (hole-punch
+    /// challenges reach it; its UNL says `simultaneous` and carries its external port).
+    pub fn registered(&self) -> bool {
+        self.core.registered()
     }
 
     /// Whether the mailbox connection is registered and subscribed (reverse-connect requests
@@ -1961,8 +1966,11 @@ impl Net {
         for token in late {
             if let Some(mut dial) = self.dials.remove(&token) {
                 let _ = self.poll.registry().deregister(&mut dial.stream);
-                self.core
-                    .handle_dial_failed(now, dial.addr, "no answer before the dial's deadline");
+                self.core.handle_dial_failed(
+                    now,
+                    dial.addr,
+                    "no answer before the dial's deadline",
+                );
             }
         }
         let late: Vec<Token> = self

@@ -317,10 +317,7 @@ impl Core {
                     r.retry = REGISTRATION_FIRST_RETRY;
                     let rtt = r.rtt;
                     self.config.public_port = Some(port);
-                    self.session_send(
-                        session,
-                        &Request::SimultaneousReady { port, max_inbound },
-                    );
+                    self.session_send(session, &Request::SimultaneousReady { port, max_inbound });
                     self.out.push_back(Output::Event(Event::Registration {
                         server,
                         external_port: Some(port),
@@ -334,10 +331,7 @@ impl Core {
                 let port = self.registration.as_ref().and_then(|r| r.external_port);
                 if let Some(port) = port {
                     let max_inbound = u32::try_from(self.config.max_inbound).unwrap_or(u32::MAX);
-                    self.session_send(
-                        session,
-                        &Request::SimultaneousReady { port, max_inbound },
-                    );
+                    self.session_send(session, &Request::SimultaneousReady { port, max_inbound });
                 }
             }
             Response::Challenge {
@@ -619,10 +613,7 @@ impl Core {
                 let rtt = p.ping_sent.map(|t| now.saturating_duration_since(t));
                 p.our_ports = predict_ports(self.nat_mapping, port);
                 let request = Request::Candidate {
-                    node: NodeTarget::Addr(SocketAddr::new(
-                        IpAddr::V4(target.wan_ip),
-                        target.port,
-                    )),
+                    node: NodeTarget::Addr(SocketAddr::new(IpAddr::V4(target.wan_ip), target.port)),
                     proto: Proto::Tcp,
                     ports: p.our_ports.clone(),
                 };

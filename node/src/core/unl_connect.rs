@@ -12,12 +12,12 @@ use rand::Rng;
 use super::punch::PunchTry;
 use super::{ConnId, Core, Direction, Event, Output, RelayId};
 use crate::connect::{
-    ConnectId, ConnectOutcome, Method, RELAY_CONNECT_PREFIX, REVERSE_CONNECT_PREFIX,
-    RelayRequest, ReverseRequest, Try, TryResult,
+    ConnectId, ConnectOutcome, Method, RELAY_CONNECT_PREFIX, REVERSE_CONNECT_PREFIX, RelayRequest,
+    ReverseRequest, Try, TryResult,
 };
-use crate::proto::punch::relay_token;
 use crate::proto::mailbox::{self, Reply, Request};
 use crate::proto::overlay::{Control, Nonce};
+use crate::proto::punch::relay_token;
 use crate::unl::{NodeId, NodeType, Unl};
 
 /// First reconnect delay of the mailbox connection; doubles up to [`MAILBOX_MAX_RETRY`].
@@ -474,7 +474,8 @@ impl Core {
         };
         self.relayed.insert(conn);
         if let RelayRole::Asked { node, nonce } = role {
-            self.reverse_dials.insert(server, ReverseDial { node, nonce });
+            self.reverse_dials
+                .insert(server, ReverseDial { node, nonce });
         }
         let open = self.handle_open(now, conn, server, direction);
         if !open {
@@ -592,7 +593,8 @@ impl Core {
             .collect();
         self.attempt_dials.retain(|_, v| *v != id);
         if !unfinished.is_empty() {
-            self.out.push_back(Output::CancelDials { addrs: unfinished });
+            self.out
+                .push_back(Output::CancelDials { addrs: unfinished });
         }
         if let Some(session) = a.punch.as_ref().and_then(|p| p.session) {
             self.session_close(session, "the connect ended");

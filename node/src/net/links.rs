@@ -183,7 +183,11 @@ impl LineLink {
 /// out a port another reusing socket of this user already holds.
 pub(super) fn bind_reusable(ip: IpAddr, port: u16) -> io::Result<Socket> {
     let port = if port == 0 {
-        let probe = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::STREAM, None)?;
+        let probe = Socket::new(
+            Domain::for_address(SocketAddr::new(ip, 0)),
+            Type::STREAM,
+            None,
+        )?;
         probe.bind(&SocketAddr::new(ip, 0).into())?;
         probe
             .local_addr()?

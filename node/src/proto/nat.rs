@@ -4,7 +4,11 @@
 //! each time `SOURCE TCP`; the server answers `REMOTE TCP <port>` with the source port it saw.
 //! [`classify`] turns the (local port, observed port) pairs into a [`NatMapping`]:
 //! - at least 4 of 5 observed ports equal their local port: [`NatMapping::Preserving`];
-//! - otherwise, if successive observed ports differ by one common step: [`NatMapping::Delta`];
+//! - otherwise, if successive observed ports differ by one common step: [`NatMapping::Delta`].
+//!   PyP2P wants every step equal; we accept a step shared by all but one pair when there are
+//!   at least four, because another connection through the same NAT between two probes (our
+//!   own mailbox connection at start-up, another host's traffic) takes a port and makes one
+//!   step larger;
 //! - otherwise [`NatMapping::Random`].
 //!
 //! Like PyP2P, this asks one server, so it cannot tell endpoint-dependent mapping (a symmetric
@@ -63,9 +67,17 @@ pub fn classify(probes: &[(u16, u16)]) -> Option<NatMapping> {
         .windows(2)
         .map(|w| i32::from(w[1].1) - i32::from(w[0].1))
         .collect();
-    let first = deltas[0];
-    if first != 0 && deltas.iter().all(|d| *d == first) {
-        return Some(NatMapping::Delta(first));
+    let mut best = (0, 0);
+    for d in &deltas {
+        let count = deltas.iter().filter(|x| *x == d).count();
+        if *d != 0 && count > best.1 {
+            best = (*d, count);
+        }
+    }
+    let (step, count) = best;
+    let allowed_misses = usize::from(deltas.len() >= 4);
+    if count > 0 && count + allowed_misses >= deltas.len() {
+        return Some(NatMapping::Delta(step));
     }
     Some(NatMapping::Random)
 }
@@ -84,6 +96,25 @@ mod tests {
         assert_eq!(classify(&twice_off), Some(NatMapping::Random));
         let down = [(10, 500), (20, 498), (30, 496), (40, 494), (50, 492)];
         assert_eq!(classify(&down), Some(NatMapping::Delta(-2)));
+        // Another connection took a port between two probes: still a step of 1.
+        let skipped = [
+            (10, 20017),
+            (20, 20019),
+            (30, 20020),
+            (40, 20021),
+            (50, 20022),
+        ];
+        assert_eq!(classify(&skipped), Some(NatMapping::Delta(1)));
+        let two_skips = [
+            (10, 20017),
+            (20, 20019),
+            (30, 20020),
+            (40, 20022),
+            (50, 20023),
+        ];
+        assert_eq!(classify(&two_skips), Some(NatMapping::Random));
+        let short = [(10, 20017), (20, 20019), (30, 20020)];
+        assert_eq!(classify(&short), Some(NatMapping::Random));
         let constant = [(10, 500), (20, 500), (30, 500)];
         assert_eq!(classify(&constant), Some(NatMapping::Random));
         assert_eq!(NatMapping::Delta(3).to_string(), "delta(3)");

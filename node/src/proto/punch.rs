@@ -134,10 +134,7 @@ pub fn relay_token(nonce: &Nonce) -> String {
     let mut hash = Sha256::new();
     hash.update(b"p2p/1 relay token ");
     hash.update(nonce.0);
-    hash.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

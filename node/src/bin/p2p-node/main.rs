@@ -58,9 +58,12 @@ enum Command {
     ///
     /// Methods, in PyP2P's order but overlapping: LAN (same WAN address), direct (they are
     /// passive), reverse (we are passive: the request goes through their dht-msg mailbox and
-    /// they dial us). The outcome line says which method won and how long it took; with
-    /// --json: {"connected": true, "method": "lan|direct|reverse", "ms": N, "peer": "ip:port",
-    /// "tries": [...]}. Exit status 2 when no method worked.
+    /// they dial us), punch (they are simultaneous: TCP simultaneous open through both NATs,
+    /// timed through the rendezvous), relay (nothing else worked: both meet at the
+    /// rendezvous, which splices the two streams). The outcome line says which method won and
+    /// how long each try took; with --json: {"connected": true, "method":
+    /// "lan|direct|reverse|punch|relay", "ms": N, "peer": "ip:port", "tries": [...]}. Exit
+    /// status 2 when no method worked.
     Connect(unl_cmd::ConnectArgs),
     /// Detect how this machine's NAT maps TCP ports (PyP2P's method: five `SOURCE TCP` probes
     /// from fresh ports): preserving, delta(n) or random.
@@ -80,8 +83,10 @@ struct RunArgs {
     /// Do not accept connections (implies --node-type active).
     #[arg(long)]
     no_listen: bool,
-    /// passive: advertise and accept connections; active: only dial out (behind a NAT that
-    /// forwards nothing).
+    /// passive: advertise and accept connections (no NAT, or a forwarded port);
+    /// simultaneous: behind a NAT with predictable ports (see `nat-type`): keep a
+    /// registration with the rendezvous and accept connections by hole punching;
+    /// active: only dial out (behind a NAT that maps ports at random).
     #[arg(long, value_enum, default_value = "passive")]
     node_type: NodeTypeArg,
     /// Inbound connections beyond this are refused.
@@ -115,6 +120,7 @@ struct RunArgs {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum NodeTypeArg {
     Passive,
+    Simultaneous,
     Active,
 }
 
@@ -165,6 +171,7 @@ fn config_from(args: &RunArgs) -> Result<Config> {
     config.listen = !args.no_listen;
     config.node_type = match (args.node_type, args.no_listen) {
         (NodeTypeArg::Passive, false) => Role::Passive,
+        (NodeTypeArg::Simultaneous, false) => Role::Simultaneous,
         _ => Role::Active,
     };
     config.max_inbound = args.max_inbound;
@@ -183,8 +190,23 @@ fn run(args: &RunArgs) -> Result<()> {
     }
     let has_rendezvous = !config.rendezvous.is_empty();
     let passive = config.node_type == Role::Passive;
+    let simultaneous = config.node_type == Role::Simultaneous;
+    if simultaneous && !has_rendezvous {
+        bail!("--node-type simultaneous needs --rendezvous (it registers there for hole punching)");
+    }
     let mut net = Net::new(config)?;
     net.start()?;
+    if simultaneous {
+        // The NAT's mapping decides which ports a punch predicts; then wait for the
+        // registration, which gives the UNL its external port.
+        match net.detect_nat() {
+            Ok(report) => info!(mapping = %report.mapping, "NAT detected"),
+            Err(e) => warn!(error = %e, "NAT detection failed; assuming a port-preserving NAT"),
+        }
+        if !net.poll_until(Duration::from_secs(5), |n| n.registered())? {
+            warn!("not registered with the rendezvous within 5 s; still trying");
+        }
+    }
     if let Some(path) = &args.unl_file {
         unl_cmd::write_unl_file(path, &net.unl())?;
     }

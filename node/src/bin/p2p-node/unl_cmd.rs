@@ -30,7 +30,8 @@ pub(crate) struct ServerFlags {
     /// WAN address.
     #[arg(long, value_name = "URL")]
     pub(crate) forwarding_check: Option<String>,
-    /// NTP server HOST:PORT for timing hole punching (not used yet).
+    /// NTP server HOST:PORT whose clock times hole punches (both ends should use the same
+    /// one; without it, the system clocks are trusted to agree).
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) ntp: Option<String>,
     /// This node's WAN address, when known (else: from the forwarding check, else the LAN
@@ -144,8 +145,15 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<()> {
     config.unl_connect_timeout = args.timeout;
     args.servers.apply(&mut config);
     let has_mailbox = config.dht_msg.is_some();
+    let has_rendezvous = !config.rendezvous.is_empty();
     let mut net = Net::new(config)?;
     net.start()?;
+    if has_rendezvous && target.node_type == node::unl::NodeType::Simultaneous {
+        // A punch predicts our ports from our NAT's mapping.
+        if let Err(e) = net.detect_nat() {
+            tracing::warn!(error = %e, "NAT detection failed; assuming a port-preserving NAT");
+        }
+    }
     if has_mailbox {
         // A reverse connect needs our mailbox registered (the request names us as sender).
         let ready = net.poll_until(Duration::from_secs(3), |n| n.mailbox_ready())?;
