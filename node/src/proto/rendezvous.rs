@@ -337,7 +337,8 @@ impl RelayToken {
 
     /// The first 8 hex characters, enough to tell tokens apart in a log.
     pub fn short(&self) -> String {
-        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+        let [a, b, c, d, ..] = self.0;
+        format!("{a:02x}{b:02x}{c:02x}{d:02x}")
     }
 }
 
