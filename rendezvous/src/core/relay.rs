@@ -498,10 +498,13 @@ impl Core {
     }
 
     /// How many bytes the driver may read from `id` now: `usize::MAX` for a line connection
-    /// (use your buffer's size), 0 for a relayed connection that must not be read (its
-    /// partner's queue is full, its rate budget is spent, or it sent EOF). A paused connection
+    /// (use your buffer's size), 0 for a connection that must not be read (closed or closing;
+    /// relayed and its partner's queue is full, its rate budget is spent, or it sent EOF). A paused connection
     /// gets an [`Action::Read`] when it may be read again.
     pub fn read_budget(&mut self, now: Instant, id: ConnId) -> usize {
+        if self.live_conn(id).is_none() {
+            return 0;
+        }
         let Some((sid, side)) = self.side_of(id) else {
             return usize::MAX;
         };

@@ -8,6 +8,7 @@
 
 use super::*;
 use crate::config::Config;
+use crate::core::Refusal;
 use proptest::prelude::*;
 
 const TOKEN: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -435,6 +436,34 @@ fn a_disabled_relay_refuses_and_the_rest_still_works() {
     let d = sim.open("10.0.0.3:3001");
     sim.send(d, b"SOURCE TCP\r\n");
     assert_eq!(sim.take_str(d), "REMOTE TCP 3001\r\n");
+}
+
+#[test]
+fn relay_connections_count_against_the_connection_caps() {
+    let mut sim = Sim::new(Config {
+        max_connections_per_ip: 2,
+        max_connections: 3,
+        ..config()
+    });
+    let (_a, _b) = sim.pair("10.0.0.1:1", "10.0.0.1:2", TOKEN);
+    let refusal = sim.core.handle_open(sim.now, "10.0.0.1:3".parse().unwrap());
+    assert!(matches!(
+        refusal,
+        Err(Refusal::TooManyFromIp { limit: 2, .. })
+    ));
+    sim.open("10.0.0.2:1");
+    let refusal = sim.core.handle_open(sim.now, "10.0.0.3:1".parse().unwrap());
+    assert!(matches!(refusal, Err(Refusal::ServerFull { limit: 3 })));
+}
+
+#[test]
+fn a_closed_connection_is_never_read() {
+    let mut sim = Sim::new(config());
+    let c = sim.open("10.0.0.1:1");
+    assert_eq!(sim.core.read_budget(sim.now, c), usize::MAX);
+    sim.send(c, b"QUIT\r\n");
+    assert!(sim.closed(c));
+    assert_eq!(sim.core.read_budget(sim.now, c), 0);
 }
 
 #[test]
