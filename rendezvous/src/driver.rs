@@ -28,6 +28,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const FD_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// One read's worth. Large enough that a fast relay moves big chunks per system call.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Most bytes read from one connection per event-loop turn; the rest waits for the next turn,
+/// so that a fast relayed sender (whose socket may never drain) cannot starve other clients.
+const READ_TURN_BYTES: usize = 1024 * 1024;
 
 /// The server's [`Stats`], as of its last event-loop turn, readable from other threads (tests,
 /// benches). Cloning shares it.
@@ -61,6 +64,8 @@ pub struct Server {
     fd_refusals: u64,
     buf: Vec<u8>,
     live: LiveStats,
+    /// Connections that had more to read when their turn's share ran out.
+    deferred: Vec<ConnId>,
 }
 
 impl Server {
@@ -85,6 +90,7 @@ impl Server {
             fd_refusals: 0,
             buf: vec![0u8; READ_BUFFER_BYTES],
             live: LiveStats::default(),
+            deferred: Vec::new(),
         })
     }
 
@@ -113,13 +119,22 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         info!(addr = %self.local_addr, "rendezvous listening");
         while !self.shutdown.is_requested() {
-            let timeout = Some(self.next_wakeup().saturating_duration_since(Instant::now()));
+            let timeout = if self.deferred.is_empty() {
+                Some(self.next_wakeup().saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
+            // Connections cut off in the last turn read on first (they get no new edge).
+            for id in std::mem::take(&mut self.deferred) {
+                self.read(now, id, true);
+                self.carry_out_actions(now);
+            }
             for event in &events {
                 match event.token() {
                     LISTENER => self.accept_all(now),
@@ -233,9 +248,19 @@ impl Server {
     /// Reads what the socket has, as far as [`Core::read_budget`] allows. `closing`: the
     /// event also reported the peer's FIN (or an error), which raises no further edge, so read
     /// on until EOF (or until the budget stops us: the core then owes an [`Action::Read`]).
+    ///
+    /// At most [`READ_TURN_BYTES`] per call: a connection with more is deferred to the next
+    /// loop turn.
     fn read(&mut self, now: Instant, id: ConnId, closing: bool) {
         let mut buf = std::mem::take(&mut self.buf);
+        let mut this_turn = 0;
         loop {
+            if this_turn >= READ_TURN_BYTES {
+                if !self.deferred.contains(&id) {
+                    self.deferred.push(id);
+                }
+                break;
+            }
             let budget = self.core.read_budget(now, id);
             if budget == 0 {
                 break;
@@ -246,6 +271,7 @@ impl Server {
             let window = budget.min(buf.len());
             match read_step(stream, &mut buf[..window], closing) {
                 ReadStep::Data { len, more } => {
+                    this_turn += len;
                     self.deliver(now, id, &buf[..len]);
                     if !more {
                         break;
