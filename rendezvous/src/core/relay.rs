@@ -10,7 +10,7 @@
 //! writes [`Core::pending_output`], and carries out [`Action::Read`] (resume a paused source:
 //! it gets no new readiness edge) and [`Action::ShutdownWrite`] (forward a FIN).
 //!
-//! One direction of a session (a [`Pipe`]) goes through these states:
+//! One direction of a session (a pipe) goes through these states:
 //! ```text
 //! reading ──(queue at the cap / bucket empty)──▶ paused ──(queue ≤ cap/2 / tokens back)──▶ reading
 //! reading ──(EOF or failure of the source)──▶ source done ──(queue flushed)──▶ destination shut down
