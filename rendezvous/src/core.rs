@@ -2,8 +2,10 @@
 //!
 //! [`Core`] never touches a socket or reads a clock. The driver feeds it connection events with
 //! the current time ([`Core::handle_open`], [`Core::handle_data`], [`Core::handle_eof`],
-//! [`Core::handle_closed`], [`Core::handle_timeout`]) and carries out what it asks for, drained
-//! from [`Core::poll_action`]: write a connection's pending output, or close it.
+//! [`Core::handle_failed`], [`Core::handle_closed`], [`Core::handle_timeout`]) and carries out
+//! what it asks for, drained from [`Core::poll_action`]: write a connection's pending output,
+//! close it, and for the relay mode (see [`relay`]) resume reading a paused connection or shut
+//! down its write side. Before each read it asks [`Core::read_budget`] how much it may read.
 //!
 //! Registrations are keyed by (observed IP, port) rather than PyP2P's IP alone, so several nodes
 //! behind one NAT can register; a bare `CLEAR` still removes everything its IP registered.
@@ -18,13 +20,17 @@ use node::proto::line::{LineError, LineFramer};
 use node::proto::rendezvous::{NodeEntry, NodeTarget, NodeType, NtpTime, Proto, Request, Response};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+pub use relay::{RELAY_LINGER, RelayError, TokenBucket};
+use relay::{RelayState, Relays};
 use tracing::{debug, info};
 
 use crate::config::Config;
 
+pub mod relay;
+
 /// Identifies one client connection while it is open. Ids are reused after
 /// [`Core::handle_closed`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub usize);
 
 /// Work the driver must carry out, drained with [`Core::poll_action`].
@@ -34,6 +40,13 @@ pub enum Action {
     Flush(ConnId),
     /// Write what is pending (best effort), close the socket, then call [`Core::handle_closed`].
     Close(ConnId),
+    /// Read this relayed connection again, to `WouldBlock` or until [`Core::read_budget`] says
+    /// 0: it was paused (flow control or rate limit) and gets no new readiness event for the
+    /// bytes already waiting in the kernel.
+    Read(ConnId),
+    /// Everything its partner sent was written and the partner sent EOF: shut down the write
+    /// side of this relayed connection (forwards the FIN). It stays open for reading.
+    ShutdownWrite(ConnId),
 }
 
 /// Why a new connection was refused.
@@ -83,6 +96,20 @@ pub struct Stats {
     pub passive: usize,
     /// Simultaneous registrations now.
     pub simultaneous: usize,
+    /// Relay connections parked, waiting for their peer's `RELAY`.
+    pub relay_waiting: usize,
+    /// Relay sessions (two spliced connections) now.
+    pub relay_active: usize,
+    /// Relay sessions paired since start.
+    pub relay_paired: u64,
+    /// `RELAY` requests refused, and waits that timed out.
+    pub relay_refused: u64,
+    /// Payload bytes forwarded by the relay since start (both directions).
+    pub relay_bytes: u64,
+    /// Bytes the relay holds now: queued for a peer, or sent before the pairing.
+    pub relay_queued_bytes: usize,
+    /// The most `relay_queued_bytes` has been since start.
+    pub relay_queued_peak: usize,
 }
 
 /// A registration's identity: the observed IP and the port the node announced.
@@ -110,6 +137,9 @@ struct Conn {
     /// This connection waits for `FIGHT` from these simultaneous nodes.
     candidacies: Vec<NodeKey>,
     closing: bool,
+    /// Complete lines received (`RELAY` is only accepted as the first).
+    lines: u32,
+    relay: RelayState,
 }
 
 #[derive(Debug)]
@@ -158,6 +188,9 @@ pub struct Core {
     sweep_interval: Duration,
     clock_base: (Instant, SystemTime),
     stats: Stats,
+    relays: Relays,
+    /// The latest time passed in (for durations in logs written from paths without a `now`).
+    now: Instant,
 }
 
 impl Core {
@@ -173,6 +206,8 @@ impl Core {
             config.idle_timeout / 4,
             config.candidate_lifetime / 4,
             config.node_lifetime / 4,
+            config.relay_wait_timeout / 4,
+            config.relay_idle_timeout / 4,
         ]
         .into_iter()
         .min()
@@ -194,6 +229,8 @@ impl Core {
             sweep_interval,
             clock_base: (now, wall),
             stats: Stats::default(),
+            relays: Relays::default(),
+            now,
         }
     }
 
@@ -207,6 +244,13 @@ impl Core {
         Stats {
             passive: self.passive.len(),
             simultaneous: self.simultaneous_count,
+            relay_waiting: self.relays.waiting(),
+            relay_active: self.relays.active(),
+            relay_paired: self.relays.paired,
+            relay_refused: self.relays.refused,
+            relay_bytes: self.relays.bytes,
+            relay_queued_bytes: self.relays.queued(),
+            relay_queued_peak: self.relays.queued_peak(),
             ..self.stats
         }
     }
@@ -214,6 +258,7 @@ impl Core {
     /// A new client connected from `peer`. On refusal the driver should send
     /// `ERROR <refusal>` if it can and close the socket; nothing is kept for it.
     pub fn handle_open(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnId, Refusal> {
+        self.tick(now);
         if self.stats.open >= self.config.max_connections {
             self.stats.refused += 1;
             return Err(Refusal::ServerFull {
@@ -238,6 +283,8 @@ impl Core {
             simultaneous: None,
             candidacies: Vec::new(),
             closing: false,
+            lines: 0,
+            relay: RelayState::None,
         };
         let id = if let Some(slot) = self.free.pop() {
             self.conns[slot] = Some(conn);
@@ -252,11 +299,18 @@ impl Core {
         Ok(ConnId(id))
     }
 
-    /// Bytes arrived on a connection.
+    /// Bytes arrived on a connection. For a relayed connection, see also
+    /// [`handle_relay_read`](Self::handle_relay_read).
     pub fn handle_data(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        self.tick(now);
         let Some(conn) = self.live_conn(id) else {
             return;
         };
+        match conn.relay {
+            RelayState::None => {}
+            RelayState::Waiting { .. } => return self.relay_early_data(id, data),
+            RelayState::Active { .. } => return self.handle_relay_read(now, id, data, 0),
+        }
         conn.framer.push(data);
         loop {
             let Some(conn) = self.live_conn(id) else {
@@ -268,6 +322,7 @@ impl Core {
                 Some(Err(e)) => Err(e),
             };
             conn.last_line_at = now;
+            conn.lines = conn.lines.saturating_add(1);
             match item {
                 Ok(Ok(request)) => {
                     self.stats.lines += 1;
@@ -285,9 +340,31 @@ impl Core {
         }
     }
 
-    /// The peer closed its side or the connection failed.
-    pub fn handle_eof(&mut self, id: ConnId) {
-        self.close(id, "closed by peer");
+    /// The peer closed its side (a read returned 0). A relayed connection stays open until
+    /// its partner is done too (the FIN is forwarded); any other is closed.
+    pub fn handle_eof(&mut self, now: Instant, id: ConnId) {
+        self.tick(now);
+        if !self.relay_eof(now, id) {
+            self.close(id, "closed by peer");
+        }
+    }
+
+    /// A read or write on the connection failed (`why` says how): it is dead.
+    pub fn handle_failed(&mut self, now: Instant, id: ConnId, why: &dyn fmt::Display) {
+        self.tick(now);
+        let why = why.to_string();
+        if !self.relay_failed(now, id, &why) {
+            self.close(id, &format!("failed: {why}"));
+        }
+    }
+
+    /// The server is stopping: every session ends, every connection is closed.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.tick(now);
+        self.relay_shutdown();
+        for id in self.open_connections() {
+            self.close(id, "server shutting down");
+        }
     }
 
     /// The driver has closed the socket of a connection it was told to close; its id may be
@@ -302,16 +379,27 @@ impl Core {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Instant {
-        self.next_sweep
+        match self.relays.next_timer() {
+            Some(at) => at.min(self.next_sweep),
+            None => self.next_sweep,
+        }
     }
 
-    /// Time passed: expire registrations and candidates, close idle connections.
+    /// Time passed: resume rate-limited relays, expire registrations, candidates and relay
+    /// waits, close idle connections and relay sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        self.relay_timers(now);
         if now < self.next_sweep {
             return;
         }
         self.next_sweep = now + self.sweep_interval;
         self.expire(now);
+        self.relay_expire(now);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.now = self.now.max(now);
     }
 
     /// The next thing the driver must do, if any.
@@ -319,8 +407,12 @@ impl Core {
         self.actions.pop_front()
     }
 
-    /// Bytes waiting to be written to a connection.
+    /// Bytes waiting to be written to a connection (for a relayed one: the next contiguous
+    /// part of its queue; write, [`consume_output`](Self::consume_output), ask again).
     pub fn pending_output(&self, id: ConnId) -> &[u8] {
+        if let Some(queued) = self.relay_output(id) {
+            return queued;
+        }
         match self.conns.get(id.0) {
             Some(Some(conn)) => &conn.out,
             _ => &[],
@@ -328,7 +420,11 @@ impl Core {
     }
 
     /// The driver wrote the first `n` bytes of [`pending_output`](Self::pending_output).
-    pub fn consume_output(&mut self, id: ConnId, n: usize) {
+    pub fn consume_output(&mut self, now: Instant, id: ConnId, n: usize) {
+        self.tick(now);
+        if self.relay_consumed(now, id, n) {
+            return;
+        }
         if let Some(Some(conn)) = self.conns.get_mut(id.0) {
             conn.out.drain(..n.min(conn.out.len()));
             if conn.out.is_empty() && conn.out.capacity() > 4096 {
@@ -397,6 +493,10 @@ impl Core {
             } => self.accept(now, id, peer, client_ip, ports, proto, ntp_time),
             Request::Clear { port } => self.clear(peer.ip(), port),
             Request::Quit => self.close(id, "QUIT"),
+            Request::Relay { token } => {
+                let line = self.conns[id.0].as_ref().map_or(0, |c| c.lines);
+                self.relay_request(now, id, peer, token, line);
+            }
         }
     }
 
@@ -457,6 +557,10 @@ impl Core {
 
     /// Detaches a connection from every table and asks the driver to close it.
     fn close(&mut self, id: ConnId, reason: &str) {
+        if self.live_conn(id).is_none() || self.relay_detach(id, reason) {
+            // Gone already, or relayed: ending its session closed it.
+            return;
+        }
         let Some(conn) = self.live_conn(id) else {
             return;
         };
@@ -927,7 +1031,10 @@ impl Core {
             .enumerate()
             .filter_map(|(i, c)| {
                 let c = c.as_ref()?;
-                let held = c.simultaneous.is_some() || !c.candidacies.is_empty();
+                // Relay connections have their own timeouts (wait, relay idle).
+                let held = c.simultaneous.is_some()
+                    || !c.candidacies.is_empty()
+                    || !matches!(c.relay, RelayState::None);
                 let idle = now.saturating_duration_since(c.last_line_at) >= idle_timeout;
                 (!c.closing && !held && idle).then_some(ConnId(i))
             })

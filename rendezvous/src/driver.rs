@@ -1,8 +1,15 @@
 //! The mio event loop: translates socket readiness into [`Core`] calls and carries out its
 //! [`Action`]s. It never looks at protocol verbs.
+//!
+//! For relayed connections it is the byte mover: it reads only what [`Core::read_budget`]
+//! allows (flow control and rate limit), writes what it read straight to the partner when the
+//! core says nothing is queued for it (no copy into the queue), and resumes paused reads when
+//! told ([`Action::Read`]): edge-triggered readiness raises no new event for bytes that were
+//! already waiting when reading stopped.
 
 use std::io::{self, ErrorKind, Write};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
@@ -19,7 +26,29 @@ const WAKER: Token = Token(usize::MAX - 2);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How often the "out of file descriptors" warning may repeat.
 const FD_WARNING_INTERVAL: Duration = Duration::from_secs(10);
-const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// One read's worth. Large enough that a fast relay moves big chunks per system call.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Most bytes read from one connection per event-loop turn; the rest waits for the next turn,
+/// so that a fast relayed sender (whose socket may never drain) cannot starve other clients.
+const READ_TURN_BYTES: usize = 1024 * 1024;
+
+/// The server's [`Stats`], as of its last event-loop turn, readable from other threads (tests,
+/// benches). Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct LiveStats(Arc<Mutex<Stats>>);
+
+impl LiveStats {
+    /// The counters as of the server's last event-loop turn.
+    pub fn get(&self) -> Stats {
+        self.0.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    fn set(&self, stats: Stats) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = stats;
+        }
+    }
+}
 
 /// A rendezvous server bound to a listener, ready to [`run`](Server::run).
 #[derive(Debug)]
@@ -33,6 +62,10 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     last_fd_warning: Option<Instant>,
     fd_refusals: u64,
+    buf: Vec<u8>,
+    live: LiveStats,
+    /// Connections that had more to read when their turn's share ran out.
+    deferred: Vec<ConnId>,
 }
 
 impl Server {
@@ -55,6 +88,9 @@ impl Server {
             accept_paused_until: None,
             last_fd_warning: None,
             fd_refusals: 0,
+            buf: vec![0u8; READ_BUFFER_BYTES],
+            live: LiveStats::default(),
+            deferred: Vec::new(),
         })
     }
 
@@ -73,44 +109,59 @@ impl Server {
         self.shutdown.clone()
     }
 
+    /// Its counters, readable while it runs (updated once per event-loop turn).
+    pub fn live_stats(&self) -> LiveStats {
+        self.live.clone()
+    }
+
     /// Runs the event loop until [`ShutdownHandle::shutdown`]; returns the final counters.
     pub fn run(mut self) -> io::Result<Stats> {
         let mut events = Events::with_capacity(1024);
-        let mut buf = vec![0u8; READ_BUFFER_BYTES];
         info!(addr = %self.local_addr, "rendezvous listening");
         while !self.shutdown.is_requested() {
-            let timeout = Some(self.next_wakeup().saturating_duration_since(Instant::now()));
+            let timeout = if self.deferred.is_empty() {
+                Some(self.next_wakeup().saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
+            // Connections cut off in the last turn read on first (they get no new edge).
+            for id in std::mem::take(&mut self.deferred) {
+                self.read(now, id, true);
+                self.carry_out_actions(now);
+            }
             for event in &events {
                 match event.token() {
                     LISTENER => self.accept_all(now),
                     WAKER => {}
                     Token(id) => {
                         let id = ConnId(id);
+                        if event.is_writable() {
+                            self.flush(now, id);
+                        }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             let closing = event.is_read_closed() || event.is_error();
-                            self.read(now, id, &mut buf, closing);
-                        }
-                        if event.is_writable() {
-                            self.flush(id);
+                            self.read(now, id, closing);
                         }
                     }
                 }
-                self.carry_out_actions();
+                self.carry_out_actions(now);
             }
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
                 self.accept_all(now);
             }
             self.core.handle_timeout(now);
-            self.carry_out_actions();
+            self.carry_out_actions(now);
+            self.live.set(self.core.stats());
         }
         self.shutdown_connections();
+        self.live.set(self.core.stats());
         let stats = self.core.stats();
         info!(
             accepted = stats.accepted,
@@ -174,9 +225,9 @@ impl Server {
                     Interest::READABLE | Interest::WRITABLE,
                 ) {
                     warn!(%peer, "could not register connection: {e}");
-                    self.core.handle_eof(id);
+                    self.core.handle_failed(now, id, &e);
                     self.core.handle_closed(id);
-                    // Drop the Close action that handle_eof queued.
+                    // Drop the Close action that handle_failed queued.
                     while self.core.poll_action().is_some() {}
                     return;
                 }
@@ -194,36 +245,80 @@ impl Server {
         }
     }
 
-    /// Reads what the socket has. `closing`: the event also reported the peer's FIN (or an
-    /// error), which raises no further edge, so read on until EOF.
-    fn read(&mut self, now: Instant, id: ConnId, buf: &mut [u8], closing: bool) {
+    /// Reads what the socket has, as far as [`Core::read_budget`] allows. `closing`: the
+    /// event also reported the peer's FIN (or an error), which raises no further edge, so read
+    /// on until EOF (or until the budget stops us: the core then owes an [`Action::Read`]).
+    ///
+    /// At most [`READ_TURN_BYTES`] per call: a connection with more is deferred to the next
+    /// loop turn.
+    fn read(&mut self, now: Instant, id: ConnId, closing: bool) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut this_turn = 0;
         loop {
+            if this_turn >= READ_TURN_BYTES {
+                if !self.deferred.contains(&id) {
+                    self.deferred.push(id);
+                }
+                break;
+            }
+            let budget = self.core.read_budget(now, id);
+            if budget == 0 {
+                break;
+            }
             let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
-                return;
+                break;
             };
-            match read_step(stream, buf, closing) {
+            let window = budget.min(buf.len());
+            match read_step(stream, &mut buf[..window], closing) {
                 ReadStep::Data { len, more } => {
-                    self.core.handle_data(now, id, &buf[..len]);
+                    this_turn += len;
+                    self.deliver(now, id, &buf[..len]);
                     if !more {
-                        return;
+                        break;
                     }
                 }
-                ReadStep::Blocked => return,
+                ReadStep::Blocked => break,
                 ReadStep::Eof => {
-                    self.core.handle_eof(id);
-                    return;
+                    self.core.handle_eof(now, id);
+                    break;
                 }
                 ReadStep::Failed(e) => {
                     debug!(conn = id.0, "read failed: {e}");
-                    self.core.handle_eof(id);
-                    return;
+                    self.core.handle_failed(now, id, &e);
+                    break;
                 }
             }
         }
+        self.buf = buf;
+    }
+
+    /// Hands bytes read from `id` to the core; for a relayed connection whose partner has
+    /// nothing queued, writes them to the partner first so that only the rest is copied.
+    fn deliver(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        let Some(dst) = self.core.relay_direct_target(id) else {
+            self.core.handle_data(now, id, data);
+            return;
+        };
+        let mut written = 0;
+        if let Some(stream) = self.streams.get_mut(dst.0).and_then(Option::as_mut) {
+            while written < data.len() {
+                match stream.write(&data[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        debug!(conn = dst.0, "write failed: {e}");
+                        self.core.handle_failed(now, dst, &e);
+                        break;
+                    }
+                }
+            }
+        }
+        self.core.handle_relay_read(now, id, data, written);
     }
 
     /// Writes as much pending output as the socket takes. Returns false if the socket failed.
-    fn flush(&mut self, id: ConnId) -> bool {
+    fn flush(&mut self, now: Instant, id: ConnId) -> bool {
         let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
             return false;
         };
@@ -233,31 +328,41 @@ impl Server {
                 return true;
             }
             match stream.write(pending) {
-                Ok(n) => self.core.consume_output(id, n),
+                Ok(n) => self.core.consume_output(now, id, n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!(conn = id.0, "write failed: {e}");
-                    self.core.handle_eof(id);
+                    self.core.handle_failed(now, id, &e);
                     return false;
                 }
             }
         }
     }
 
-    fn carry_out_actions(&mut self) {
+    fn carry_out_actions(&mut self, now: Instant) {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Flush(id) => {
-                    self.flush(id);
+                    self.flush(now, id);
                 }
-                Action::Close(id) => self.close(id),
+                Action::Close(id) => self.close(now, id),
+                // A resumed connection may have its FIN waiting behind the data: read on to
+                // WouldBlock (or the budget), as after an event that reported the FIN.
+                Action::Read(id) => self.read(now, id, true),
+                Action::ShutdownWrite(id) => {
+                    if let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut)
+                        && let Err(e) = stream.shutdown(Shutdown::Write)
+                    {
+                        debug!(conn = id.0, "shutdown(Write) failed: {e}");
+                    }
+                }
             }
         }
     }
 
-    fn close(&mut self, id: ConnId) {
-        self.flush(id);
+    fn close(&mut self, now: Instant, id: ConnId) {
+        self.flush(now, id);
         if let Some(mut stream) = self.streams.get_mut(id.0).and_then(Option::take) {
             let _ = self.poll.registry().deregister(&mut stream);
         }
@@ -267,10 +372,9 @@ impl Server {
     fn shutdown_connections(&mut self) {
         let open = self.core.open_connections();
         info!(connections = open.len(), "shutting down");
-        for id in open {
-            self.core.handle_eof(id);
-        }
-        self.carry_out_actions();
+        let now = Instant::now();
+        self.core.handle_shutdown(now);
+        self.carry_out_actions(now);
     }
 }
 

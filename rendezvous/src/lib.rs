@@ -22,5 +22,5 @@ pub mod core;
 mod driver;
 
 pub use config::Config;
-pub use driver::{RunningServer, Server};
+pub use driver::{LiveStats, RunningServer, Server};
 pub use node::server::ShutdownHandle;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use node::units::parse_duration;
+use rendezvous::config::parse_bytes;
 use rendezvous::{Config, Server};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -16,8 +17,11 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Nodes connect to it to find peers (BOOTSTRAP), to announce themselves as reachable
 /// (PASSIVE READY) or punchable (SIMULTANEOUS READY), to learn how their NAT maps ports
-/// (SOURCE TCP) and to coordinate TCP hole punching (CANDIDATE / ACCEPT / FIGHT). One thread,
-/// one event loop; every limit below protects the server from a single misbehaving client.
+/// (SOURCE TCP) and to coordinate TCP hole punching (CANDIDATE / ACCEPT / FIGHT). When no
+/// direct connection is possible, two nodes open one connection each and send
+/// `RELAY <64-hex token>` with the same token: the server splices them into one byte pipe
+/// (the relay; `--no-relay` turns it off). One thread, one event loop; every limit below
+/// protects the server from a single misbehaving client.
 ///
 /// Logs go to stderr; set `RUST_LOG=debug` for one line per connection event.
 /// Stop with Ctrl-C or SIGTERM: connections are flushed and closed.
@@ -78,6 +82,39 @@ struct Args {
     /// How far an ACCEPT's NTP time may be from the server's clock.
     #[arg(long, default_value = "600s", value_parser = parse_duration)]
     ntp_tolerance: Duration,
+
+    /// Refuse RELAY requests (`ERROR relay: relay disabled on this server`).
+    #[arg(long)]
+    no_relay: bool,
+
+    /// Relay sessions plus relay connections waiting for their peer, at once. More are
+    /// answered `ERROR relay: server full`; joining a waiting peer is always allowed.
+    #[arg(long, default_value_t = Config::default().max_relays)]
+    max_relays: usize,
+
+    /// Relay connections (waiting or spliced) from one IP address at once.
+    #[arg(long, default_value_t = Config::default().max_relays_per_ip)]
+    max_relays_per_ip: usize,
+
+    /// How long a RELAY connection waits for its peer before `ERROR relay: nobody joined`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    relay_wait_timeout: Duration,
+
+    /// Close a relay session after this long with no byte moving either way. Relay
+    /// connections are not subject to --idle-timeout.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    relay_idle_timeout: Duration,
+
+    /// Bytes per second per direction of each relay session (e.g. 1MiB, 500KB; 0: unlimited).
+    /// Enforced by pausing reads (TCP pushes back on the sender); bytes are never dropped.
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
+    relay_rate: u64,
+
+    /// Bytes queued for one side of a relay session before the server stops reading the
+    /// other side, so a peer that does not read stalls its partner instead of growing the
+    /// server (memory per session: at most twice this).
+    #[arg(long, default_value = "256KiB", value_parser = parse_bytes)]
+    relay_buffer_bytes: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,6 +139,15 @@ fn main() -> anyhow::Result<()> {
         max_bad_lines: args.max_bad_lines,
         ntp_tolerance: args.ntp_tolerance,
         seed: None,
+        relay_enabled: !args.no_relay,
+        max_relays: args.max_relays,
+        max_relays_per_ip: args.max_relays_per_ip,
+        relay_wait_timeout: args.relay_wait_timeout,
+        relay_idle_timeout: args.relay_idle_timeout,
+        relay_rate: (args.relay_rate > 0).then_some(args.relay_rate),
+        relay_buffer_bytes: usize::try_from(args.relay_buffer_bytes.max(1))
+            .context("--relay-buffer-bytes is too large")?,
+        relay_early_bytes: Config::default().relay_early_bytes,
     };
     let server = Server::bind(args.listen, config)
         .with_context(|| format!("cannot listen on {}", args.listen))?;

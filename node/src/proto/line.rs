@@ -154,6 +154,28 @@ impl LineFramer {
         }
     }
 
+    /// Removes and returns every byte received but not yet returned as a line, leaving the
+    /// framer empty. For protocols that switch from lines to raw bytes after some line (the
+    /// rendezvous's `RELAY`): the bytes that came in the same read as that line are not lost.
+    ///
+    /// ```
+    /// use node::proto::line::LineFramer;
+    ///
+    /// let mut framer = LineFramer::new(64);
+    /// framer.push(b"RELAY t\r\n\xff raw\nbytes");
+    /// assert_eq!(framer.next_line(), Some(Ok(&b"RELAY t"[..])));
+    /// assert_eq!(framer.take_buffered(), b"\xff raw\nbytes");
+    /// assert_eq!(framer.buffered(), 0);
+    /// ```
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.drain(..self.start);
+        self.start = 0;
+        self.scanned = 0;
+        self.discarding = false;
+        buf
+    }
+
     /// Like [`next_line`](Self::next_line), but checks that the line is UTF-8.
     pub fn next_str(&mut self) -> Option<Result<&str, LineError>> {
         Some(match self.next_line()? {
@@ -300,6 +322,18 @@ mod tests {
         assert!(matches!(f.next_line(), Some(Ok(_))));
         assert_eq!(f.next_line(), None);
         assert_eq!(f.capacity(), 0);
+    }
+
+    #[test]
+    fn take_buffered_returns_the_unread_tail_once() {
+        let mut f = LineFramer::new(100);
+        f.push(b"first\r\nsecond\n\x00\x01");
+        assert_eq!(f.next_line(), Some(Ok(&b"first"[..])));
+        assert_eq!(f.take_buffered(), b"second\n\x00\x01");
+        assert_eq!(f.take_buffered(), b"");
+        assert_eq!(f.capacity(), 0);
+        f.push(b"again\n");
+        assert_eq!(drain(&mut f), vec![Ok(b"again".to_vec())]);
     }
 
     #[test]

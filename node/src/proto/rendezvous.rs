@@ -13,6 +13,7 @@
 //! | `ACCEPT <client_ip> <q1 q2 ...> TCP <ntp_time>` | (the candidate gets `FIGHT`) |
 //! | `CLEAR [<port>]` | (nothing) |
 //! | `QUIT` | (the server closes) |
+//! | `RELAY <token>` (first line only) | `RELAY WAITING`, then `RELAY OK` and a raw byte pipe |
 //! | anything malformed | `ERROR <reason>` (our addition: PyP2P answers with silence) |
 //!
 //! Extensions over PyP2P, all optional so PyP2P peers are unaffected:
@@ -21,6 +22,12 @@
 //! - `CANDIDATE <ip>:<port>` names one simultaneous node when several share an IP.
 //! - `CLEAR <port>` removes one registration instead of everything from the caller's IP.
 //! - `ERROR <reason>` answers bad input.
+//! - `RELAY <token>` (the relay mode, for two nodes that cannot reach each other directly): sent
+//!   as the first line of a fresh connection by both peers with the same [`RelayToken`] (64
+//!   lowercase hex characters, 32 random bytes both learnt through another channel). The first
+//!   is parked and told `RELAY WAITING`; when the second arrives both are told `RELAY OK`, and
+//!   from the byte after that line on each connection is a raw byte pipe to the other (no lines,
+//!   any bytes). Refusals are `ERROR relay: <reason>` followed by a close.
 
 use std::fmt::{self, Display, Formatter, Write as _};
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +41,10 @@ pub const MAX_BOOTSTRAP: u8 = 100;
 pub const MAX_PREDICTED_PORTS: usize = 32;
 /// Longest free-form text (`SOURCE TCP <text>`, `ERROR <text>`) accepted, in bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
+/// Bytes in a [`RelayToken`].
+pub const RELAY_TOKEN_BYTES: usize = 32;
+/// Characters of a [`RelayToken`] on the wire (lowercase hex).
+pub const RELAY_TOKEN_HEX_CHARS: usize = 2 * RELAY_TOKEN_BYTES;
 
 /// Why a line is not a valid message. Each names the offending value.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -113,6 +124,30 @@ pub enum ParseError {
     /// A `NODES` entry is not `<type>:<ip>:<port>`.
     #[error("NODES: bad entry {0:?} (expected <p|a|s>:<ip>:<port>)")]
     BadNodeEntry(String),
+    /// A relay token that is not 64 characters long.
+    #[error("RELAY: <token> must be {expected} lowercase hex characters, got {len}")]
+    TokenLength {
+        /// Characters sent (counted as `char`s).
+        len: usize,
+        /// [`RELAY_TOKEN_HEX_CHARS`].
+        expected: usize,
+    },
+    /// A relay token character that is not a hex digit.
+    #[error("RELAY: <token> must be lowercase hex, got {found:?} at position {position}")]
+    TokenNotHex {
+        /// Index of the character (0-based).
+        position: usize,
+        /// The character.
+        found: char,
+    },
+    /// A relay token with an uppercase hex digit (tokens are compared as text, so one spelling).
+    #[error("RELAY: <token> must be lowercase hex, got uppercase {found:?} at position {position}")]
+    TokenUppercase {
+        /// Index of the character (0-based).
+        position: usize,
+        /// The character.
+        found: char,
+    },
     /// Free text longer than [`MAX_TEXT_BYTES`] or containing a line break.
     #[error("{command}: text must be at most {max} bytes without line breaks, got {len} bytes")]
     BadText {
@@ -271,6 +306,88 @@ impl Display for NtpTime {
     }
 }
 
+/// The shared secret two peers present with `RELAY <token>` to be spliced together: 32 bytes,
+/// 64 lowercase hex characters on the wire.
+///
+/// Anyone who knows a token can join its relay, so make it random (e.g. `rand::random()`) and
+/// give it only to the peer. `Debug` shows only the first 8 characters, so logs do not leak it.
+///
+/// ```
+/// use node::proto::rendezvous::{ParseError, RelayToken};
+///
+/// let token = RelayToken::from_bytes([0xab; 32]);
+/// let text = token.to_string();
+/// assert_eq!(text, "ab".repeat(32));
+/// assert_eq!(text.parse::<RelayToken>(), Ok(token));
+/// assert!(matches!("AB".repeat(32).parse::<RelayToken>(), Err(ParseError::TokenUppercase { .. })));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelayToken([u8; RELAY_TOKEN_BYTES]);
+
+impl RelayToken {
+    /// The token made of these bytes.
+    pub const fn from_bytes(bytes: [u8; RELAY_TOKEN_BYTES]) -> Self {
+        RelayToken(bytes)
+    }
+
+    /// Its bytes.
+    pub const fn as_bytes(&self) -> &[u8; RELAY_TOKEN_BYTES] {
+        &self.0
+    }
+
+    /// The first 8 hex characters, enough to tell tokens apart in a log.
+    pub fn short(&self) -> String {
+        let [a, b, c, d, ..] = self.0;
+        format!("{a:02x}{b:02x}{c:02x}{d:02x}")
+    }
+}
+
+impl fmt::Debug for RelayToken {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        write!(f, "RelayToken({}...)", self.short())
+    }
+}
+
+impl Display for RelayToken {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for RelayToken {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let len = s.chars().count();
+        if len != RELAY_TOKEN_HEX_CHARS {
+            return Err(ParseError::TokenLength {
+                len,
+                expected: RELAY_TOKEN_HEX_CHARS,
+            });
+        }
+        let mut bytes = [0u8; RELAY_TOKEN_BYTES];
+        for (position, found) in s.chars().enumerate() {
+            let digit = match found {
+                '0'..='9' | 'a'..='f' => found.to_digit(16),
+                'A'..='F' => return Err(ParseError::TokenUppercase { position, found }),
+                _ => None,
+            };
+            let Some(nibble) = digit.and_then(|d| u8::try_from(d).ok()) else {
+                return Err(ParseError::TokenNotHex { position, found });
+            };
+            bytes[position / 2] |= if position % 2 == 0 {
+                nibble << 4
+            } else {
+                nibble
+            };
+        }
+        Ok(RelayToken(bytes))
+    }
+}
+
 /// A message a client sends to the rendezvous server.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -327,6 +444,12 @@ pub enum Request {
     },
     /// `QUIT`: ask the server to close the connection.
     Quit,
+    /// `RELAY <token>` (extension): splice this connection with the other one that presents the
+    /// same token. Only valid as the first line of a connection.
+    Relay {
+        /// The shared token.
+        token: RelayToken,
+    },
 }
 
 /// A message the rendezvous server sends.
@@ -365,6 +488,10 @@ pub enum Response {
     Reconnect,
     /// `ERROR <reason>`: the last line was rejected (extension; PyP2P stays silent).
     Error(String),
+    /// `RELAY WAITING` (extension): parked until the peer presents the same token.
+    RelayWaiting,
+    /// `RELAY OK` (extension): paired; every byte after this line comes from the peer.
+    RelayOk,
 }
 
 /// Splits a line into words (runs of ASCII spaces or tabs).
@@ -652,6 +779,12 @@ impl FromStr for Request {
             Words::new("QUIT", rest).end()?;
             return Ok(Request::Quit);
         }
+        if let Some(rest) = strip_command(line, "RELAY") {
+            let mut w = Words::new("RELAY", rest);
+            let token = w.next("token")?.parse()?;
+            w.end()?;
+            return Ok(Request::Relay { token });
+        }
         Err(ParseError::UnknownCommand(first_words(line)))
     }
 }
@@ -700,6 +833,7 @@ impl Display for Request {
             Request::Clear { port: None } => f.write_str("CLEAR"),
             Request::Clear { port: Some(port) } => write!(f, "CLEAR {port}"),
             Request::Quit => f.write_str("QUIT"),
+            Request::Relay { token } => write!(f, "RELAY {token}"),
         }
     }
 }
@@ -780,6 +914,14 @@ impl FromStr for Response {
             Words::new("RECONNECT", rest).end()?;
             return Ok(Response::Reconnect);
         }
+        if let Some(rest) = strip_command(line, "RELAY WAITING") {
+            Words::new("RELAY WAITING", rest).end()?;
+            return Ok(Response::RelayWaiting);
+        }
+        if let Some(rest) = strip_command(line, "RELAY OK") {
+            Words::new("RELAY OK", rest).end()?;
+            return Ok(Response::RelayOk);
+        }
         if let Some(rest) = strip_command(line, "ERROR") {
             let text = rest.strip_prefix(' ').unwrap_or(rest);
             check_text("ERROR", text)?;
@@ -824,6 +966,8 @@ impl Display for Response {
             }
             Response::Reconnect => f.write_str("RECONNECT"),
             Response::Error(text) => write!(f, "ERROR {text}"),
+            Response::RelayWaiting => f.write_str("RELAY WAITING"),
+            Response::RelayOk => f.write_str("RELAY OK"),
         }
     }
 }

@@ -60,9 +60,11 @@ impl Harness {
         while let Some(action) = self.core.poll_action() {
             let id = match action {
                 Action::Flush(id) | Action::Close(id) => id,
+                // Relay actions: see core/relay/tests.rs.
+                Action::Read(_) | Action::ShutdownWrite(_) => continue,
             };
             let text = String::from_utf8(self.core.pending_output(id).to_vec()).unwrap();
-            self.core.consume_output(id, text.len());
+            self.core.consume_output(self.now, id, text.len());
             self.replies
                 .entry(id)
                 .or_default()

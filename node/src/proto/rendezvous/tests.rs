@@ -290,6 +290,123 @@ fn every_error_variant_is_reachable() {
 }
 
 #[test]
+fn relay_lines_parse_and_display() {
+    let hex = "0123456789abcdef".repeat(4);
+    let token: RelayToken = hex.parse().unwrap();
+    assert_eq!(
+        token.as_bytes()[..8],
+        [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]
+    );
+    assert_eq!(token.to_string(), hex);
+    assert_eq!(RelayToken::from_bytes(*token.as_bytes()), token);
+    assert_eq!(req(&format!("RELAY {hex}")), Ok(Request::Relay { token }));
+    assert_eq!(
+        req(&format!("  RELAY   {hex} ")),
+        Ok(Request::Relay { token })
+    );
+    assert_eq!(Request::Relay { token }.to_string(), format!("RELAY {hex}"));
+    assert_eq!(resp("RELAY WAITING"), Ok(Response::RelayWaiting));
+    assert_eq!(resp("RELAY OK"), Ok(Response::RelayOk));
+    assert_eq!(Response::RelayWaiting.to_string(), "RELAY WAITING");
+    assert_eq!(Response::RelayOk.to_string(), "RELAY OK");
+    // Logs see only a prefix of the secret.
+    assert_eq!(format!("{token:?}"), "RelayToken(01234567...)");
+    assert_eq!(token.short(), "01234567");
+}
+
+/// Every way a relay token or line can be wrong, with the variant it must produce.
+#[test]
+fn relay_errors_are_typed() {
+    let good = "a".repeat(RELAY_TOKEN_HEX_CHARS);
+    assert_eq!(
+        "a".repeat(63).parse::<RelayToken>(),
+        Err(ParseError::TokenLength {
+            len: 63,
+            expected: 64
+        })
+    );
+    assert_eq!(
+        "a".repeat(65).parse::<RelayToken>(),
+        Err(ParseError::TokenLength {
+            len: 65,
+            expected: 64
+        })
+    );
+    // Length counts characters, not bytes: 64 'é' are 128 bytes but still 64 characters.
+    assert_eq!(
+        "é".repeat(64).parse::<RelayToken>(),
+        Err(ParseError::TokenNotHex {
+            position: 0,
+            found: 'é'
+        })
+    );
+    let mut not_hex = good.clone();
+    not_hex.replace_range(10..11, "g");
+    assert_eq!(
+        not_hex.parse::<RelayToken>(),
+        Err(ParseError::TokenNotHex {
+            position: 10,
+            found: 'g'
+        })
+    );
+    let mut upper = good.clone();
+    upper.replace_range(63..64, "F");
+    assert_eq!(
+        upper.parse::<RelayToken>(),
+        Err(ParseError::TokenUppercase {
+            position: 63,
+            found: 'F'
+        })
+    );
+    assert_eq!(
+        req("RELAY"),
+        Err(ParseError::MissingArgument {
+            command: "RELAY",
+            argument: "token"
+        })
+    );
+    assert_eq!(
+        req(&format!("RELAY {good} again")),
+        Err(ParseError::ExtraArgument {
+            command: "RELAY",
+            extra: "again".into()
+        })
+    );
+    assert_eq!(
+        req("RELAY WAITING"),
+        Err(ParseError::TokenLength {
+            len: 7,
+            expected: 64
+        })
+    );
+    assert!(matches!(
+        req(&format!("RELAY {upper}")),
+        Err(ParseError::TokenUppercase { .. })
+    ));
+    assert!(matches!(
+        resp("RELAY OK now"),
+        Err(ParseError::ExtraArgument { .. })
+    ));
+    assert!(matches!(
+        resp("RELAY WAITING 1"),
+        Err(ParseError::ExtraArgument { .. })
+    ));
+    assert!(matches!(resp("RELAY"), Err(ParseError::UnknownCommand(_))));
+    assert_eq!(
+        req("RELAY abc").unwrap_err().to_string(),
+        "RELAY: <token> must be 64 lowercase hex characters, got 3"
+    );
+    assert_eq!(
+        upper.parse::<RelayToken>().unwrap_err().to_string(),
+        "RELAY: <token> must be lowercase hex, got uppercase 'F' at position 63"
+    );
+    assert_eq!(
+        not_hex.parse::<RelayToken>().unwrap_err().to_string(),
+        "RELAY: <token> must be lowercase hex, got 'g' at position 10"
+    );
+}
+
+#[test]
 fn error_messages_name_the_value() {
     assert_eq!(
         req("BOOTSTRAP 500").unwrap_err().to_string(),
@@ -354,8 +471,13 @@ fn node_type() -> impl Strategy<Value = NodeType> {
     ]
 }
 
+fn relay_token() -> impl Strategy<Value = RelayToken> {
+    any::<[u8; RELAY_TOKEN_BYTES]>().prop_map(RelayToken::from_bytes)
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
+        relay_token().prop_map(|token| Request::Relay { token }),
         (1..=MAX_BOOTSTRAP, proptest::option::of(port()))
             .prop_map(|(count, own_port)| Request::Bootstrap { count, own_port }),
         (any::<u16>(), any::<u32>())
@@ -412,6 +534,8 @@ fn response() -> impl Strategy<Value = Response> {
         }),
         Just(Response::Reconnect),
         text().prop_map(Response::Error),
+        Just(Response::RelayWaiting),
+        Just(Response::RelayOk),
     ]
 }
 
@@ -430,6 +554,26 @@ proptest! {
         prop_assert_eq!(line.parse::<Response>(), Ok(r));
     }
 
+    #[test]
+    fn every_relay_token_round_trips(token in relay_token()) {
+        let text = token.to_string();
+        prop_assert_eq!(text.len(), RELAY_TOKEN_HEX_CHARS);
+        prop_assert!(text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        prop_assert_eq!(text.parse::<RelayToken>(), Ok(token));
+    }
+
+    /// Any 64-character string parses to a token exactly when it is lowercase hex, and then
+    /// displays back to itself.
+    #[test]
+    fn relay_token_text_is_canonical(text in "[0-9a-fA-Fg-z]{64}") {
+        match text.parse::<RelayToken>() {
+            Ok(token) => prop_assert_eq!(token.to_string(), text),
+            Err(ParseError::TokenUppercase { found, .. }) => prop_assert!(found.is_ascii_uppercase()),
+            Err(ParseError::TokenNotHex { found, .. }) => prop_assert!(!found.is_ascii_hexdigit()),
+            Err(other) => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+
     /// Arbitrary text never panics either parser.
     #[test]
     fn arbitrary_lines_never_panic(line in "\\PC{0,200}") {
@@ -446,6 +590,8 @@ proptest! {
         Just("1.2.3.4"), Just("::1"), Just("[::1]:5"), Just("0"), Just("5"), Just("65536"),
         Just("1.5"), Just("NODES"), Just("EMPTY"), Just("p:1.2.3.4:5"), Just("FIGHT"),
         Just("CHALLENGE"), Just("ERROR"), Just("REMOTE"), Just("PREDICTION"), Just("SET"),
+        Just("RELAY"), Just("OK"), Just("WAITING"),
+        Just("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"),
     ], 0..8)) {
         let line = words.join(" ");
         if let Ok(r) = line.parse::<Request>() {
