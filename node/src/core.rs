@@ -396,7 +396,7 @@ pub enum Output {
         /// The rendezvous server relaying.
         server: SocketAddr,
         /// The token both ends send.
-        token: String,
+        token: crate::proto::rendezvous::RelayToken,
     },
     /// Something for the application.
     Event(Event),

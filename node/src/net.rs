@@ -58,7 +58,9 @@ use crate::core::{
 use crate::proto::line::{LineError, LineFramer};
 use crate::proto::nat::NatMapping;
 use crate::proto::overlay::{MessageId, PeerId};
-use crate::proto::rendezvous::NodeType;
+use crate::proto::rendezvous::{
+    NodeType, RelayToken, Request as RendezvousRequest, Response as RendezvousResponse,
+};
 use crate::server::{ReadStep, read_step};
 use crate::unl::{Forwarding, NatType, Unl};
 
@@ -1367,7 +1369,7 @@ impl Net {
                     relay,
                     server,
                     token,
-                } => self.start_relay(now, relay, server, &token),
+                } => self.start_relay(now, relay, server, token),
                 Output::MailboxClose { reason } => {
                     if let Some(mut m) = self.mailbox.take() {
                         let _ = m.flush();
@@ -1564,12 +1566,12 @@ impl Net {
         }
     }
 
-    fn start_relay(&mut self, now: Instant, relay: RelayId, server: SocketAddr, token: &str) {
+    fn start_relay(&mut self, now: Instant, relay: RelayId, server: SocketAddr, token: RelayToken) {
         // The other end may take a while to read its mailbox: wait up to the connect timeout.
         let timeout = self.config.unl_connect_timeout;
         match self.open_link(now, server, None, timeout) {
             Ok(mut link) => {
-                link.queue(&format!("RELAY {token}"));
+                link.queue(&RendezvousRequest::Relay { token }.to_string());
                 debug!(%server, ?relay, "relay connecting");
                 self.relay_links.insert(link.token, (relay, link));
             }
@@ -1586,17 +1588,21 @@ impl Net {
             return;
         };
         let relay = *relay;
-        let progress = link.drive(&mut self.read_buf, closing, Some("RELAY OK"));
+        let ok = RendezvousResponse::RelayOk.to_string();
+        let progress = link.drive(&mut self.read_buf, closing, Some(&ok));
         let mut failure = progress.failure;
         let mut through = false;
         for line in &progress.lines {
-            match line.as_str() {
-                "RELAY OK" => through = true,
-                "RELAY WAITING" => debug!(?relay, "relay: waiting for the other end"),
-                other => {
-                    let why = other.strip_prefix("ERROR ").unwrap_or(other);
+            match line.parse::<RendezvousResponse>() {
+                Ok(RendezvousResponse::RelayOk) => through = true,
+                Ok(RendezvousResponse::RelayWaiting) => {
+                    debug!(?relay, "relay: waiting for the other end");
+                }
+                Ok(RendezvousResponse::Error(why)) => {
                     failure = Some(format!("the relay said: {why}"));
                 }
+                Ok(other) => failure = Some(format!("unexpected {other} from the relay")),
+                Err(e) => failure = Some(format!("bad line from the relay {line:?}: {e}")),
             }
         }
         if through {
@@ -1604,7 +1610,7 @@ impl Net {
                 return;
             };
             let _ = self.poll.registry().deregister(&mut link.stream);
-            let rest = link.framer.take_rest();
+            let rest = link.framer.take_buffered();
             let server = link.server;
             info!(%server, ?relay, "relayed connection through");
             self.add_relayed_conn(now, link.stream, server, relay, &rest);

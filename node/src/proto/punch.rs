@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::proto::nat::NatMapping;
 use crate::proto::overlay::Nonce;
+use crate::proto::rendezvous::RelayToken;
 
 /// Ports predicted for a NAT that steps its ports (delta): the next few, in case other
 /// connections take one in between.
@@ -117,24 +118,24 @@ pub fn meeting_instant(now: Instant, unix_now: f64, meeting_unix: f64) -> Instan
     now + Duration::from_secs_f64(ahead).min(MAX_MEETING_DELAY)
 }
 
-/// The relay token both ends of a relayed connect send to the rendezvous (`RELAY <token>`):
-/// 64 lowercase hex characters derived from the connect's nonce, so the mailbox request carries
-/// only the nonce and the relay never learns the nonce itself (which still authenticates the
-/// peer inside the relayed stream).
+/// The relay token both ends of a relayed connect send to the rendezvous (`RELAY <token>`),
+/// derived from the connect's nonce, so the mailbox request carries only the nonce and the
+/// relay never learns the nonce itself (which still authenticates the peer inside the relayed
+/// stream).
 ///
 /// ```
 /// use node::proto::overlay::Nonce;
 /// use node::proto::punch::relay_token;
 ///
 /// let token = relay_token(&Nonce([7; 32]));
-/// assert_eq!(token.len(), 64);
+/// assert_eq!(token.to_string().len(), 64);
 /// assert_ne!(token, relay_token(&Nonce([8; 32])));
 /// ```
-pub fn relay_token(nonce: &Nonce) -> String {
+pub fn relay_token(nonce: &Nonce) -> RelayToken {
     let mut hash = Sha256::new();
     hash.update(b"p2p/1 relay token ");
     hash.update(nonce.0);
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    RelayToken::from_bytes(hash.finalize().into())
 }
 
 #[cfg(test)]
