@@ -15,7 +15,10 @@
 //!
 //! `lan` and `direct` start at once; `reverse` and `punch` start at once when there is nothing
 //! to dial, else after a head start (`reverse_head_start`, 1 s) or as soon as every dial failed,
-//! whichever comes first; `relay` starts when every other try has failed. A try wins when the
+//! whichever comes first; `relay` starts when every other try has failed, or
+//! `relay_head_start` (2 s) after the second wave, whichever comes first (a punch that works
+//! takes milliseconds; a reverse connect to a node that cannot reach us waits
+//! `reverse_timeout`, 3 s). A try wins when the
 //! peer's `IAM` names the node id in the UNL (a dial that reaches some other node fails); a
 //! reverse or relayed connection wins only with the nonce we posted, so a spoofed inbound
 //! connection is closed. The first winner is the connection; the other tries stop.

@@ -131,6 +131,12 @@ pub struct CoreConfig {
     pub unl_connect_timeout: Duration,
     /// How long dials (LAN, direct) run alone before a reverse connect starts beside them.
     pub reverse_head_start: Duration,
+    /// A reverse connect whose peer has not dialed us this long after the request was posted
+    /// fails (so the relay can start): they may not be able to reach us after all.
+    pub reverse_timeout: Duration,
+    /// How long the second wave (reverse connect, hole punch) runs alone before a relay
+    /// starts beside it (it starts at once when every other try has failed).
+    pub relay_head_start: Duration,
     /// Reverse-connect and relay requests acted on per minute at most (others are refused).
     pub max_reverse_per_minute: usize,
     /// Hole-punch challenges answered per minute at most (each makes us dial the candidate).
@@ -159,6 +165,8 @@ impl Default for CoreConfig {
             seed: 0,
             unl_connect_timeout: Duration::from_secs(10),
             reverse_head_start: Duration::from_secs(1),
+            reverse_timeout: Duration::from_secs(3),
+            relay_head_start: Duration::from_secs(2),
             max_reverse_per_minute: 16,
             max_punch_per_minute: 16,
             punch_timeout: Duration::from_secs(3),

@@ -39,10 +39,13 @@ pub(super) struct Attempt {
     /// When the second wave (reverse connect and hole punch, whichever are planned) starts;
     /// `None` once started or when neither is planned.
     reverse_at: Option<Instant>,
+    /// The reverse try fails at this time unless they dialed us.
+    reverse_deadline: Option<Instant>,
     /// The punch try, once started.
     pub(super) punch: Option<PunchTry>,
-    /// A relay is planned (it starts when every other try has failed).
+    /// A relay is planned (it starts when every other try has failed, or at `relay_at`).
     relay_planned: bool,
+    relay_at: Option<Instant>,
     /// The relayed connection being opened.
     relay: Option<RelayId>,
 }
@@ -151,8 +154,10 @@ impl Core {
             nonce,
             tries: Vec::new(),
             reverse_at: None,
+            reverse_deadline: None,
             punch: None,
             relay_planned: false,
+            relay_at: None,
             relay: None,
         };
         if target.node_id == Some(self.node_id) {
@@ -307,7 +312,10 @@ impl Core {
         let attempts = self
             .attempts
             .values()
-            .flat_map(|a| [Some(a.deadline), a.reverse_at])
+            .flat_map(|a| {
+                let relay_at = a.relay_at.filter(|_| a.relay_planned);
+                [Some(a.deadline), a.reverse_at, a.reverse_deadline, relay_at]
+            })
             .flatten();
         let mailbox = self.mailbox.iter().flat_map(|m| {
             let retry = match m.state {
@@ -334,6 +342,31 @@ impl Core {
             .collect();
         for id in due {
             self.start_second_wave(now, id);
+        }
+        let relays: Vec<ConnectId> = self
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.relay_planned && a.relay_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in relays {
+            self.start_relay(now, id);
+        }
+        let unanswered: Vec<ConnectId> = self
+            .attempts
+            .iter_mut()
+            .filter(|(_, a)| a.reverse_deadline.is_some_and(|t| t <= now))
+            .map(|(id, a)| {
+                a.reverse_deadline = None;
+                *id
+            })
+            .collect();
+        for id in unanswered {
+            let why = format!(
+                "they did not connect to us within {:?} of the request",
+                self.config.reverse_timeout
+            );
+            self.try_failed(now, id, Method::Reverse, None, &why);
         }
         let expired: Vec<ConnectId> = self
             .attempts
@@ -365,6 +398,7 @@ impl Core {
                 .any(|t| t.method == m && t.result == TryResult::Pending && t.started_ms.is_none())
         };
         let (reverse, punch) = (planned(Method::Reverse), planned(Method::Punch));
+        a.relay_at = Some(now + self.config.relay_head_start);
         if reverse {
             self.start_reverse(now, id);
         }
@@ -383,6 +417,7 @@ impl Core {
             return;
         };
         t.started_ms = Some(ms);
+        a.reverse_deadline = Some(now + self.config.reverse_timeout);
         let Some(node) = a.target.node_id else { return };
         let body = ReverseRequest {
             unl: ours,
