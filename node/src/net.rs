@@ -60,6 +60,8 @@ use crate::proto::rendezvous::NodeType;
 use crate::server::{ReadStep, read_step};
 use crate::unl::{Forwarding, NatType, Unl};
 
+mod reachability;
+
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Tokens from here on are connections, dials and rendezvous requests.
@@ -355,6 +357,7 @@ struct Outcomes {
     advertise: Option<Result<u16, NetError>>,
     clear: Option<()>,
     nat: Option<Result<NatReport, NetError>>,
+    reach: Option<crate::reach::ReachReport>,
 }
 
 /// A node: listener, connections, rendezvous client, overlay (see the module docs).
@@ -384,6 +387,11 @@ pub struct Net {
     wan_ip: Option<Ipv4Addr>,
     forwarding: Forwarding,
     nat_type: NatType,
+    /// UPnP/NAT-PMP/forwarding check (see `net/reachability.rs`).
+    reach: crate::reach::driver::Reachability,
+    /// The role the configuration chose (restored when a mapping is lost).
+    reach_role: Role,
+    reach_report: Option<crate::reach::ReachReport>,
 }
 
 impl Net {
@@ -407,6 +415,16 @@ impl Net {
         }
         let mailbox_server = match &config.dht_msg {
             Some(name) => Some(resolve("dht-msg", name)?),
+            None => None,
+        };
+        let check_server = match &config.forwarding_check {
+            Some(url) => Some(url.parse::<crate::reach::CheckServer>().map_err(|e| {
+                NetError::ResolveServer {
+                    what: "forwarding-check",
+                    name: url.clone(),
+                    reason: e.to_string(),
+                }
+            })?),
             None => None,
         };
         let seed = config.seed.unwrap_or_else(rand::random);
@@ -434,6 +452,7 @@ impl Net {
         });
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let reach = crate::reach::driver::Reachability::new(Arc::clone(&waker), check_server);
         Ok(Net {
             servers,
             core,
@@ -461,6 +480,9 @@ impl Net {
                 Forwarding::Forwarded
             },
             nat_type: NatType::Unknown,
+            reach,
+            reach_role: config.node_type,
+            reach_report: None,
             config,
         })
     }
@@ -650,6 +672,7 @@ impl Net {
     /// flushes what it can, and closes every connection and the listener.
     pub fn stop(&mut self) {
         self.outcomes.clear = None;
+        self.reach.release_all(reachability::RELEASE_LIMIT);
         if let Some(mut m) = self.mailbox.take() {
             let _ = self.poll.registry().deregister(&mut m.stream);
         }
@@ -792,6 +815,7 @@ impl Net {
             }
         }
         self.expire(now);
+        self.drive_reach(now);
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_timeout(now);
         }
@@ -884,6 +908,9 @@ impl Net {
         }
         if let Some(m) = self.mailbox.as_ref().filter(|m| !m.connected) {
             consider(m.deadline);
+        }
+        if let Some(t) = self.reach.poll_timeout() {
+            consider(t);
         }
         // Lines left unread by a closed connection keep it listed; nothing to wait for.
         wait
@@ -1585,6 +1612,8 @@ impl Connection {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        // Mappings left on the router if `stop` was not called.
+        self.reach.release_all(reachability::RELEASE_LIMIT);
         for c in &mut self.conns {
             if let Some(mut stream) = c.stream.take() {
                 let _ = c.flush_on(&mut stream);
