@@ -815,11 +815,12 @@ impl Net {
             }
         }
         self.expire(now);
-        self.drive_reach(now);
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_timeout(now);
         }
         self.apply_outputs(now);
+        // After the outputs: a NAT detection that just ended is in `outcomes` now.
+        self.drive_reach(now);
         self.flush_all();
         Ok(())
     }

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::gateway::{self, Router, UpnpGateway};
 use super::lease::LeaseEvent;
 use super::probe::{Action, CheckId, Probe, ProbeConfig};
-use super::{CheckServer, Leases, Mapping, Protocol, ReachReport};
+use super::{CheckError, CheckServer, Leases, Mapping, Protocol, ReachReport};
 use crate::proto::nat::NatMapping;
 
 /// Bound on one renewal or deletion by NAT-PMP (UPnP's SOAP has igd-next's own 10 s bound).
@@ -38,11 +38,11 @@ enum Done {
     Checked {
         generation: u32,
         id: CheckId,
-        result: Result<bool, String>,
+        result: Result<bool, CheckError>,
     },
     WanIp {
         generation: u32,
-        result: Result<Ipv4Addr, String>,
+        result: Result<Ipv4Addr, CheckError>,
     },
     Renewed {
         asked: Mapping,
@@ -321,7 +321,7 @@ impl Reachability {
                     self.spawn("reach-upnp", move || Done::Upnp {
                         generation,
                         result: gateway::upnp_discover(bind, timeout),
-                    })
+                    });
                 }
                 Action::NatpmpAsk { until } => self.spawn("reach-natpmp", move || Done::Natpmp {
                     generation,
@@ -365,11 +365,10 @@ impl Reachability {
                         generation,
                         id,
                         result: match server {
-                            Some(s) => s
-                                .check_port(port, timeout)
-                                .map(|c| c.open)
-                                .map_err(|e| e.to_string()),
-                            None => Err("no forwarding check configured".to_owned()),
+                            Some(s) => s.check_port(port, timeout).map(|c| c.open),
+                            None => Err(CheckError::BadResponse(
+                                "no forwarding check configured".to_owned(),
+                            )),
                         },
                     });
                 }
@@ -378,8 +377,10 @@ impl Reachability {
                     self.spawn("reach-wan-ip", move || Done::WanIp {
                         generation,
                         result: match server {
-                            Some(s) => s.wan_ip(timeout).map_err(|e| e.to_string()),
-                            None => Err("no forwarding check configured".to_owned()),
+                            Some(s) => s.wan_ip(timeout),
+                            None => Err(CheckError::BadResponse(
+                                "no forwarding check configured".to_owned(),
+                            )),
                         },
                     });
                 }

@@ -15,8 +15,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use super::{
-    Forwarding, Mapping, Method, NodeKind, Outcome, Protocol, ReachReport, Step, WanIpSource,
-    is_public,
+    CheckError, Forwarding, Mapping, Method, NodeKind, Outcome, Protocol, ReachReport, Step,
+    WanIpSource, is_public,
 };
 use crate::proto::nat::NatMapping;
 
@@ -204,8 +204,12 @@ pub struct Probe {
     wan_ip_pending: Option<Instant>,
     nat_pending: bool,
     nat: Option<NatMapping>,
-    gateway_wan: Option<(Ipv4Addr, Protocol)>,
+    /// Public external IPs the gateways told: (UPnP, NAT-PMP).
+    gateway_wan: (Option<Ipv4Addr>, Option<Ipv4Addr>),
     checked_wan: Option<Ipv4Addr>,
+    /// Why the forwarding check cannot be reached, once a request failed that way: no
+    /// mapping is made after that (it could not be proven).
+    checker_down: Option<String>,
     /// Mappings made on a router and not (yet) deleted.
     created: Vec<Mapping>,
     proof: Option<Proof>,
@@ -228,8 +232,9 @@ impl Probe {
             wan_ip_pending: None,
             nat_pending: config.nat_detection,
             nat: None,
-            gateway_wan: None,
+            gateway_wan: (None, None),
             checked_wan: None,
+            checker_down: None,
             created: Vec::new(),
             proof: None,
             report: None,
@@ -372,8 +377,9 @@ impl Probe {
                 *self.gateway(protocol) = Gateway::Found { tried: false };
                 let detail = match ext {
                     Some(ip) if is_public(ip) => {
-                        if self.gateway_wan.is_none() {
-                            self.gateway_wan = Some((ip, protocol));
+                        match protocol {
+                            Protocol::Upnp => self.gateway_wan.0 = Some(ip),
+                            Protocol::Natpmp => self.gateway_wan.1 = Some(ip),
                         }
                         format!("gateway answered; its external IP is {ip}")
                     }
@@ -477,12 +483,15 @@ impl Probe {
     }
 
     /// A port check ended: `Ok(open)` or why it could not be done.
-    pub fn handle_check(&mut self, now: Instant, id: CheckId, result: Result<bool, String>) {
+    pub fn handle_check(&mut self, now: Instant, id: CheckId, result: Result<bool, CheckError>) {
         let Some((purpose, since, port)) = self.checks.remove(&id) else {
             return;
         };
         if self.report.is_some() {
             return;
+        }
+        if let Err(e @ (CheckError::Connect { .. } | CheckError::Resolve { .. })) = &result {
+            self.checker_down.get_or_insert_with(|| e.to_string());
         }
         match purpose {
             Purpose::Direct => self.direct_checked(now, since, port, result),
@@ -558,7 +567,7 @@ impl Probe {
         now: Instant,
         since: Instant,
         port: u16,
-        result: Result<bool, String>,
+        result: Result<bool, CheckError>,
     ) {
         let as_is = if self.config.external_port.is_some() {
             "forwarded by hand"
@@ -618,12 +627,20 @@ impl Probe {
     }
 
     /// The forwarding check told our WAN IP (or why not).
-    pub fn handle_wan_ip(&mut self, now: Instant, result: Result<Ipv4Addr, String>) {
+    pub fn handle_wan_ip(&mut self, now: Instant, result: Result<Ipv4Addr, CheckError>) {
         let Some(since) = self.wan_ip_pending.take() else {
             return;
         };
         if self.report.is_some() {
             return;
+        }
+        if let Err(
+            e @ (CheckError::Connect { .. }
+            | CheckError::Resolve { .. }
+            | CheckError::Timeout { .. }),
+        ) = &result
+        {
+            self.checker_down.get_or_insert_with(|| e.to_string());
         }
         match result {
             Ok(ip) => {
@@ -637,13 +654,13 @@ impl Probe {
                     format!("the server sees us as {ip}"),
                 );
             }
-            Err(reason) => self.step(
+            Err(e) => self.step(
                 Method::ForwardingCheck,
                 "wan-ip",
                 since,
                 now,
                 Outcome::Failed,
-                reason,
+                e.to_string(),
             ),
         }
         self.maybe_finish(now);
@@ -740,6 +757,19 @@ impl Probe {
         else {
             return;
         };
+        if let Some(why) = self.checker_down.clone() {
+            for protocol in [Protocol::Upnp, Protocol::Natpmp] {
+                if *self.gateway(protocol) == (Gateway::Found { tried: false }) {
+                    *self.gateway(protocol) = Gateway::Found { tried: true };
+                    self.skip(
+                        protocol.method(),
+                        "map",
+                        &format!("no mapping made: it could not be proven ({why})"),
+                    );
+                }
+            }
+            return;
+        }
         let protocol = if self.upnp == (Gateway::Found { tried: false }) {
             Protocol::Upnp
         } else if self.natpmp == (Gateway::Found { tried: false })
@@ -983,11 +1013,15 @@ impl Probe {
         if let Some(ip) = self.config.wan_ip {
             return (Some(ip), Some(WanIpSource::Config));
         }
-        if let Some((ip, protocol)) = self.gateway_wan {
-            let source = match protocol {
-                Protocol::Upnp => WanIpSource::Upnp,
-                Protocol::Natpmp => WanIpSource::Natpmp,
-            };
+        // The gateway that forwards for us first, then UPnP, then NAT-PMP.
+        let (upnp, natpmp) = self.gateway_wan;
+        let upnp = upnp.map(|ip| (ip, WanIpSource::Upnp));
+        let natpmp = natpmp.map(|ip| (ip, WanIpSource::Natpmp));
+        let preferred = match self.proof.map(|p| p.forwarding) {
+            Some(Forwarding::Natpmp) => natpmp.or(upnp),
+            _ => upnp.or(natpmp),
+        };
+        if let Some((ip, source)) = preferred {
             return (Some(ip), Some(source));
         }
         match self.checked_wan {

@@ -18,6 +18,7 @@ use node::core::Event;
 use node::{Config, Net, Role};
 use tracing::{info, warn};
 
+mod reach_cmd;
 mod unl_cmd;
 
 /// A peer-to-peer node: finds other nodes through a rendezvous server, keeps TCP connections
@@ -65,12 +66,38 @@ enum Command {
     /// Detect how this machine's NAT maps TCP ports (PyP2P's method: five `SOURCE TCP` probes
     /// from fresh ports): preserving, delta(n) or random.
     NatType(NatArgs),
+    /// Find out whether peers can reach this node, open the router if it can, and print what
+    /// was tried, how long each step took and what worked.
+    ///
+    /// In parallel, within --reach-timeout (3 s): UPnP (SSDP discovery on the LAN, at most
+    /// 2 s) and NAT-PMP (the default gateway, port 5351) ask the router for its external IP;
+    /// the forwarding check (--forwarding-check http://HOST:PORT, a server on the public side)
+    /// tells the WAN IP and tries the port as it is; the rendezvous (--rendezvous) tells the
+    /// NAT type. Once a router answered, the port is mapped there (UPnP first) with a finite
+    /// lease and the forwarding check must prove it; an unproven mapping is deleted.
+    ///
+    /// Result: passive with forwarding upnp / natpmp / manual / forwarded, or else
+    /// simultaneous (NAT preserving or delta: hole punching can work) or active. The mapping
+    /// made here is deleted before exiting; `run` keeps its own and renews it.
+    ///
+    /// Example: p2p-node reachability --forwarding-check http://203.0.113.5:8080 \
+    ///            --rendezvous 203.0.113.5:8000 --json
+    #[command(verbatim_doc_comment)]
+    Reachability(reach_cmd::ReachArgs),
 }
 
+// One field per command-line switch.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
 struct RunArgs {
     #[command(flatten)]
     servers: unl_cmd::ServerFlags,
+    #[command(flatten)]
+    reach: reach_cmd::ReachFlags,
+    /// Do not probe reachability at start (UPnP, NAT-PMP, forwarding check; see
+    /// `p2p-node reachability`).
+    #[arg(long)]
+    no_reach: bool,
     /// Address to accept connections on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
@@ -143,6 +170,7 @@ fn main() {
         Command::Unl(args) => unl_cmd::unl(&args),
         Command::Connect(args) => unl_cmd::connect(&args),
         Command::NatType(args) => nat_type(&args),
+        Command::Reachability(args) => reach_cmd::reachability(&args),
     };
     if let Err(e) = result {
         eprintln!("p2p-node: error: {e:#}");
@@ -160,6 +188,7 @@ fn config_from(args: &RunArgs) -> Result<Config> {
         None => Config::default(),
     };
     args.servers.apply(&mut config);
+    args.reach.apply(&mut config);
     config.bind = args.bind;
     config.port = args.port;
     config.listen = !args.no_listen;
@@ -182,9 +211,16 @@ fn run(args: &RunArgs) -> Result<()> {
         );
     }
     let has_rendezvous = !config.rendezvous.is_empty();
-    let passive = config.node_type == Role::Passive;
+    let mut passive = config.node_type == Role::Passive;
+    let probe = config.listen && !args.no_reach && reach_cmd::ReachFlags::any_method(&config);
     let mut net = Net::new(config)?;
     net.start()?;
+    if probe {
+        // Becomes passive (with the router's port) when the port is proven reachable; the
+        // probe logs what it found and why.
+        let report = net.probe_reachability().context("reachability probe")?;
+        passive |= report.node_type == node::reach::NodeKind::Passive;
+    }
     if let Some(path) = &args.unl_file {
         unl_cmd::write_unl_file(path, &net.unl())?;
     }
