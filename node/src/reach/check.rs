@@ -14,7 +14,7 @@
 //! let request = server.check_request(50500);
 //! assert!(request.starts_with("GET /v1/check?port=50500 HTTP/1.1\r\nHost: 203.0.113.5:8080\r\n"));
 //!
-//! let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 65\r\n\r\n\
+//! let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 67\r\n\r\n\
 //!     {\"ip\":\"198.51.100.9\",\"port\":50500,\"proto\":\"TCP\",\"open\":true,\"ms\":3}";
 //! let reply = parse_response(wire, 16 * 1024)?.unwrap();
 //! let check = parse_check(&reply)?;
@@ -604,7 +604,7 @@ mod tests {
     #[test]
     fn talks_to_a_loopback_server() {
         let (url, server) = one_shot(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 23\r\n\r\n{\"wan_ip\":\"127.0.0.1\"}",
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 22\r\n\r\n{\"wan_ip\":\"127.0.0.1\"}",
         );
         let check: CheckServer = format!("{url}/prefix").parse().unwrap();
         assert_eq!(

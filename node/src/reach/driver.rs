@@ -281,7 +281,7 @@ impl Reachability {
             }
             Done::Renewed { asked, result } => match self.leases.handle_renewed(now, asked, result)
             {
-                Some(LeaseEvent::Renewed(m)) => debug!(mapping = %m, "port mapping renewed"),
+                Some(LeaseEvent::Renewed(m)) => info!(mapping = %m, "port mapping renewed"),
                 Some(LeaseEvent::RenewFailed {
                     mapping,
                     reason,
