@@ -238,10 +238,11 @@ fn natpmp_wait(client: &mut Natpmp, gateway: Ipv4Addr, until: Instant) -> Result
         match client.read_response_or_retry() {
             Ok(response) => return Ok(response),
             Err(natpmp::Error::NATPMP_TRYAGAIN) => {}
+            // The crate says this for an ICMP port unreachable, and after its last RFC 6886
+            // retry (~128 s), which `until` never lets us reach.
             Err(natpmp::Error::NATPMP_ERR_NOGATEWAYSUPPORT) => {
                 return Err(format!(
-                    "no NAT-PMP server at {gateway}:5351 (port unreachable, or no answer \
-                     after every retry)"
+                    "no NAT-PMP server at {gateway}:5351 (port unreachable)"
                 ));
             }
             Err(e) => return Err(format!("NAT-PMP gateway {gateway}:5351: {e}")),
