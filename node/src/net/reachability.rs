@@ -39,7 +39,13 @@ impl Net {
     /// ```
     pub fn probe_reachability(&mut self) -> Result<ReachReport, NetError> {
         self.start()?;
-        let now = Instant::now();
+        self.begin_probe(Instant::now());
+        let limit = self.config.reach_timeout + Duration::from_secs(1);
+        self.wait_for(limit, "reachability probe", |o| o.reach.take().map(Ok))
+    }
+
+    /// Starts a probe; its report arrives through `drive_reach` (and `outcomes.reach`).
+    fn begin_probe(&mut self, now: Instant) {
         let config = ProbeConfig {
             upnp: self.config.upnp,
             natpmp: self.config.natpmp,
@@ -58,8 +64,7 @@ impl Net {
         }
         self.outcomes.reach = None;
         self.reach.start_probe(now, config);
-        let limit = self.config.reach_timeout + Duration::from_secs(1);
-        self.wait_for(limit, "reachability probe", |o| o.reach.take().map(Ok))
+        self.apply_outputs(now);
     }
 
     /// The last reachability report, if a probe ran.
@@ -88,10 +93,13 @@ impl Net {
                     warn!(
                         %mapping,
                         reason,
-                        "no longer reachable through the port mapping; back to the configured role"
+                        "no longer reachable through the port mapping; back to the configured \
+                         role, probing again"
                     );
                     self.set_reachability(self.reach_role, self.config.external_port);
                     self.set_forwarding(self.default_forwarding());
+                    // The router may take a new mapping (it rebooted, its table was flushed).
+                    self.begin_probe(now);
                 }
             }
         }
