@@ -94,8 +94,9 @@ struct RunArgs {
     servers: unl_cmd::ServerFlags,
     #[command(flatten)]
     reach: reach_cmd::ReachFlags,
-    /// Do not probe reachability at start (UPnP, NAT-PMP, forwarding check; see
-    /// `p2p-node reachability`).
+    /// Do not probe reachability at start. The probe runs when --forwarding-check is given
+    /// (UPnP, NAT-PMP, forwarding check; see `p2p-node reachability`); a node whose port is
+    /// proven reachable becomes passive and advertises the router's port.
     #[arg(long)]
     no_reach: bool,
     /// Address to accept connections on.
@@ -212,7 +213,7 @@ fn run(args: &RunArgs) -> Result<()> {
     }
     let has_rendezvous = !config.rendezvous.is_empty();
     let mut passive = config.node_type == Role::Passive;
-    let probe = config.listen && !args.no_reach && reach_cmd::ReachFlags::any_method(&config);
+    let probe = !args.no_reach && reach_cmd::ReachFlags::run_probes(&config);
     let mut net = Net::new(config)?;
     net.start()?;
     if probe {

@@ -50,9 +50,11 @@ impl ReachFlags {
         }
     }
 
-    /// Whether any method is on (else `run` skips the probe).
-    pub(crate) fn any_method(config: &Config) -> bool {
-        config.upnp || config.natpmp || config.forwarding_check.is_some()
+    /// Whether `run` probes at start: only with a forwarding check, which is what can prove a
+    /// mapping (without one nothing would be mapped, and a node with no gateway would wait for
+    /// the UPnP discovery bound for nothing; `p2p-node reachability` still shows the gateways).
+    pub(crate) fn run_probes(config: &Config) -> bool {
+        config.listen && config.forwarding_check.is_some()
     }
 }
 
