@@ -189,6 +189,16 @@ pub struct Mapping {
     pub lease_secs: u32,
 }
 
+impl Mapping {
+    /// Whether `other` is the same rule on the router (protocol, external port and target; the
+    /// lease may differ).
+    pub fn same_rule(&self, other: &Mapping) -> bool {
+        self.protocol == other.protocol
+            && self.external_port == other.external_port
+            && self.internal == other.internal
+    }
+}
+
 impl fmt::Display for Mapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

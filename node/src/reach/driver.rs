@@ -123,7 +123,23 @@ impl Reachability {
             budget = ?config.timeout,
             "probing reachability"
         );
-        self.probe = Some(Probe::new(now, config));
+        if let Some(mut old) = self.probe.take() {
+            // Still running: end it now, so that what it made is deleted, not forgotten.
+            if old.report().is_none() {
+                old.handle_timeout(old.deadline());
+            }
+            while let Some(action) = old.poll_action() {
+                if let Action::Unmap(m) = action {
+                    self.spawn_unmap(m);
+                }
+            }
+        }
+        let mut probe = Probe::new(now, config);
+        // A mapping kept from an earlier probe: the new one decides whether it stays.
+        for m in self.leases.take_all() {
+            probe.adopt(m);
+        }
+        self.probe = Some(probe);
         self.delivered = false;
         self.run_actions();
     }

@@ -75,7 +75,7 @@ impl Leases {
 
     /// Keeps `mapping`, granted at `now`.
     pub fn add(&mut self, now: Instant, mapping: Mapping) {
-        self.held.retain(|h| !same(&h.mapping, &mapping));
+        self.held.retain(|h| !h.mapping.same_rule(&mapping));
         let lease = Duration::from_secs(u64::from(mapping.lease_secs));
         self.held.push(Held {
             mapping,
@@ -125,7 +125,7 @@ impl Leases {
         asked: Mapping,
         result: Result<Mapping, String>,
     ) -> Option<LeaseEvent> {
-        let i = self.held.iter().position(|h| same(&h.mapping, &asked))?;
+        let i = self.held.iter().position(|h| h.mapping.same_rule(&asked))?;
         self.held[i].renewing = false;
         match result {
             Ok(granted) if granted.external_port == asked.external_port => {
@@ -171,9 +171,4 @@ impl Leases {
     pub fn take_all(&mut self) -> Vec<Mapping> {
         self.held.drain(..).map(|h| h.mapping).collect()
     }
-}
-
-/// The same mapping on the router: protocol, external port and target (the lease may differ).
-fn same(a: &Mapping, b: &Mapping) -> bool {
-    a.protocol == b.protocol && a.external_port == b.external_port && a.internal == b.internal
 }

@@ -321,6 +321,17 @@ impl Probe {
         self.maybe_finish(now);
     }
 
+    /// Takes over a mapping made before (by an earlier probe): a yes for its port counts for
+    /// it, and it is deleted at the end unless the new outcome keeps it.
+    pub fn adopt(&mut self, mapping: Mapping) {
+        if self.report.is_some() {
+            self.actions.push_back(Action::Unmap(mapping));
+        } else {
+            self.created.retain(|m| !mapping.same_rule(m));
+            self.created.push(mapping);
+        }
+    }
+
     /// The next thing to do, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
@@ -444,6 +455,7 @@ impl Probe {
         };
         match result {
             Ok(mapping) => {
+                self.created.retain(|m| !mapping.same_rule(m));
                 self.created.push(mapping);
                 self.step(
                     protocol.method(),
@@ -739,7 +751,7 @@ impl Probe {
     }
 
     fn drop_mapping(&mut self, mapping: Mapping) {
-        self.created.retain(|m| *m != mapping);
+        self.created.retain(|m| !mapping.same_rule(m));
         self.actions.push_back(Action::Unmap(mapping));
     }
 
@@ -916,7 +928,7 @@ impl Probe {
         }
         // Every mapping not kept goes.
         for m in std::mem::take(&mut self.created) {
-            if Some(m) == kept {
+            if kept.is_some_and(|k| k.same_rule(&m)) {
                 self.created.push(m);
             } else {
                 self.actions.push_back(Action::Unmap(m));

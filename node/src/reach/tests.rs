@@ -688,3 +688,57 @@ fn a_renewal_that_moves_the_port_loses_the_mapping_and_stop_takes_all() {
     assert_eq!(leases.take_all(), vec![u]);
     assert!(leases.is_empty());
 }
+
+#[test]
+fn a_mapping_kept_from_before_is_adopted_kept_when_still_good_else_deleted() {
+    let t0 = Instant::now();
+    let old = mapping(Protocol::Upnp, PORT);
+    // Still there and reachable: the yes for its port counts for it, nothing is deleted.
+    let mut p = Probe::new(t0, config());
+    p.adopt(old);
+    let (direct, _) = checks(&actions(&mut p))[0];
+    p.handle_wan_ip(ms(t0, 1), Ok(WAN));
+    p.handle_check(ms(t0, 5), direct, Ok(true));
+    let r = p.report().unwrap();
+    assert_eq!(r.forwarding, Some(Forwarding::Upnp));
+    assert_eq!(r.mapping, Some(old));
+    assert!(unmaps(&actions(&mut p)).is_empty());
+
+    // Renewed by the new probe's own request (same rule, new lease): kept once, not deleted.
+    let mut p = Probe::new(t0, config());
+    p.adopt(old);
+    let (direct, _) = checks(&actions(&mut p))[0];
+    p.handle_wan_ip(ms(t0, 1), Ok(WAN));
+    p.handle_check(ms(t0, 2), direct, Ok(false));
+    p.handle_natpmp(ms(t0, 3), Err("no".to_owned()));
+    p.handle_upnp(ms(t0, 50), Ok(Some(WAN)));
+    actions(&mut p);
+    let renewed = Mapping {
+        lease_secs: 1800,
+        ..old
+    };
+    p.handle_mapped(ms(t0, 60), Protocol::Upnp, Ok(renewed));
+    let (id, _) = checks(&actions(&mut p))[0];
+    p.handle_check(ms(t0, 65), id, Ok(true));
+    assert_eq!(p.report().unwrap().mapping, Some(renewed));
+    assert!(unmaps(&actions(&mut p)).is_empty());
+
+    // Nothing works any more: the adopted mapping goes.
+    let mut p = Probe::new(
+        t0,
+        ProbeConfig {
+            upnp: false,
+            natpmp: false,
+            ..config()
+        },
+    );
+    p.adopt(old);
+    let (direct, _) = checks(&actions(&mut p))[0];
+    p.handle_wan_ip(ms(t0, 1), Ok(WAN));
+    p.handle_check(ms(t0, 2), direct, Ok(false));
+    assert_eq!(p.report().unwrap().mapping, None);
+    assert_eq!(unmaps(&actions(&mut p)), vec![old]);
+    // Adopted after the end: deleted at once.
+    p.adopt(old);
+    assert_eq!(unmaps(&actions(&mut p)), vec![old]);
+}
