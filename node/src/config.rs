@@ -33,8 +33,13 @@ pub enum Role {
     /// Accepts inbound connections and advertises itself to the rendezvous (`PASSIVE READY`).
     /// Right when the port is reachable (no NAT, a forwarded port, or loopback/LAN use).
     Passive,
-    /// Only dials out; never advertised. Right behind a NAT that forwards nothing.
+    /// Only dials out; never advertised. Right behind a NAT that forwards nothing and maps
+    /// ports at random (symmetric), where neither hole punching nor inbound connections work.
     Active,
+    /// Reachable by hole punching: keeps a registration with the rendezvous from its
+    /// listening port (`SIMULTANEOUS READY`) and answers punch challenges. Right behind a NAT
+    /// whose mapping is predictable (port-preserving or stepping: see `p2p-node nat-type`).
+    Simultaneous,
 }
 
 /// Everything a [`crate::Net`] needs. Every field has a default; see each field.

@@ -10,18 +10,20 @@
 //! | `lan` | both ends have the same WAN address | dial `lan_ip:port` |
 //! | `direct` | they are passive (and not on our LAN) | dial `wan_ip:port` |
 //! | `reverse` | we are passive, they have a node id, a dht-msg server is configured | post `REVERSE_CONNECT:<our UNL>:<nonce>` to their mailbox; they dial us and open with `P2P/1 IAM <their id> <nonce>` |
-//! | `punch`, `relay` | (hole punching and relaying: not implemented yet) | |
+//! | `punch` | they are a simultaneous node and a rendezvous server is configured | TCP simultaneous open through both NATs, coordinated by the rendezvous (`CANDIDATE` / `CHALLENGE` / `ACCEPT` / `FIGHT`, see [`crate::proto::punch`]) |
+//! | `relay` | every other try failed (or none was possible), both have a dht-msg server, we have a rendezvous server | post `RELAY_CONNECT:<our UNL>:<nonce>:<rendezvous>` to their mailbox; both connect to that rendezvous with `RELAY <token>` and it splices the two streams; they open with `P2P/1 IAM <their id> <nonce>` |
 //!
-//! `lan` and `direct` start at once; `reverse` starts at once when there is nothing to dial, else
-//! after a head start (`reverse_head_start`, 1 s) or as soon as every dial failed, whichever comes
-//! first. A try wins when the peer's `IAM` names the node id in the UNL (a dial that reaches some
-//! other node fails); a reverse connection wins only with the nonce we posted, so a spoofed
-//! inbound connection is closed. The first winner is the connection; the other tries stop.
+//! `lan` and `direct` start at once; `reverse` and `punch` start at once when there is nothing
+//! to dial, else after a head start (`reverse_head_start`, 1 s) or as soon as every dial failed,
+//! whichever comes first; `relay` starts when every other try has failed. A try wins when the
+//! peer's `IAM` names the node id in the UNL (a dial that reaches some other node fails); a
+//! reverse or relayed connection wins only with the nonce we posted, so a spoofed inbound
+//! connection is closed. The first winner is the connection; the other tries stop.
 //!
-//! The node on the other end acts on `REVERSE_CONNECT` only when the mailbox server vouches that
-//! the sender owns the UNL's node id (it registered with that id's secret), and at most
-//! `max_reverse_per_minute` times a minute, so a forged request cannot make it dial strangers
-//! at will.
+//! The node on the other end acts on `REVERSE_CONNECT` and `RELAY_CONNECT` only when the mailbox
+//! server vouches that the sender owns the UNL's node id (it registered with that id's secret),
+//! at most `max_reverse_per_minute` times a minute, and relays only through a rendezvous server
+//! it uses itself, so a forged request cannot make it dial strangers at will.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -35,6 +37,9 @@ use crate::unl::Unl;
 
 /// Prefix of a reverse-connect request in a mailbox message.
 pub const REVERSE_CONNECT_PREFIX: &str = "REVERSE_CONNECT:";
+
+/// Prefix of a relay request in a mailbox message.
+pub const RELAY_CONNECT_PREFIX: &str = "RELAY_CONNECT:";
 
 /// One [`crate::Net::connect`] call, numbered by the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -58,9 +63,9 @@ pub enum Method {
     Direct,
     /// They dialed us, asked through their mailbox.
     Reverse,
-    /// TCP simultaneous open (not implemented yet).
+    /// TCP simultaneous open through both NATs.
     Punch,
-    /// Spliced through a relay (not implemented yet).
+    /// Spliced through a relay (the rendezvous).
     Relay,
 }
 
@@ -198,6 +203,54 @@ impl FromStr for ReverseRequest {
     }
 }
 
+/// `RELAY_CONNECT:<UNL>:<nonce>:<ip:port>`: "meet me at this relay (a rendezvous server) and
+/// open with this nonce" (our extension; PyP2P has no relay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayRequest {
+    /// Who asks (and whose node id to expect).
+    pub unl: Unl,
+    /// What to send first on the relayed stream; the relay token is derived from it.
+    pub nonce: Nonce,
+    /// The rendezvous server that relays.
+    pub relay: SocketAddr,
+}
+
+impl fmt::Display for RelayRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{RELAY_CONNECT_PREFIX}{}:{}:{}",
+            self.unl, self.nonce, self.relay
+        )
+    }
+}
+
+impl FromStr for RelayRequest {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let rest = text
+            .strip_prefix(RELAY_CONNECT_PREFIX)
+            .ok_or_else(|| format!("not a {RELAY_CONNECT_PREFIX} message"))?;
+        let mut parts = rest.splitn(3, ':');
+        let (Some(unl), Some(nonce), Some(relay)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err("RELAY_CONNECT: expected <UNL>:<nonce>:<ip:port>".to_owned());
+        };
+        Ok(RelayRequest {
+            unl: unl
+                .parse()
+                .map_err(|e| format!("RELAY_CONNECT: bad UNL: {e}"))?,
+            nonce: nonce
+                .parse()
+                .map_err(|e| format!("RELAY_CONNECT: bad nonce: {e}"))?,
+            relay: relay
+                .parse()
+                .map_err(|e| format!("RELAY_CONNECT: bad relay address {relay:?}: {e}"))?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +274,24 @@ mod tests {
         let text = req.to_string();
         assert!(text.starts_with("REVERSE_CONNECT:"));
         assert_eq!(text.parse::<ReverseRequest>(), Ok(req));
+        let relay = RelayRequest {
+            unl,
+            nonce: Nonce([9; 32]),
+            relay: "11.0.0.2:8000".parse().unwrap(),
+        };
+        let text = relay.to_string();
+        assert!(text.starts_with("RELAY_CONNECT:"));
+        assert_eq!(text.parse::<RelayRequest>(), Ok(relay));
+        for bad in [
+            "RELAY_CONNECT:",
+            &format!("RELAY_CONNECT:{unl}:{}", Nonce([9; 32])),
+            &format!("RELAY_CONNECT:{unl}:{}:nowhere", Nonce([9; 32])),
+            &format!("RELAY_CONNECT:{unl}:12:11.0.0.2:8000"),
+            &text.replace("RELAY_CONNECT", "REVERSE_CONNECT"),
+        ] {
+            let err = bad.parse::<RelayRequest>().unwrap_err();
+            assert!(err.contains("RELAY_CONNECT"), "{bad}: {err}");
+        }
         for bad in [
             "hello",
             "REVERSE_CONNECT:",

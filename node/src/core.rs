@@ -27,10 +27,12 @@ use crate::proto::overlay::{CONTROL_PREFIX, Control, MessageId, PeerId, SeenCach
 use crate::proto::rendezvous::{NodeType, Request, Response};
 use crate::unl::{NODE_ID_BYTES, NodeId, Unl};
 
+mod punch;
 mod unl_connect;
 
 use crate::connect::{ConnectId, ConnectOutcome};
-use unl_connect::{Attempt, MailboxClient, ReverseDial};
+use punch::{Registration, SessionRole};
+use unl_connect::{Attempt, MailboxClient, RelayRole, ReverseDial};
 
 /// A connection, numbered by the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -46,6 +48,15 @@ impl fmt::Display for ConnId {
 /// A request to a rendezvous server, numbered by the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct QueryId(pub u64);
+
+/// A line session with a rendezvous server (the persistent registration of a simultaneous
+/// node, a hole-punch candidacy, a port probe), numbered by the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// A relayed connection being opened, numbered by the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayId(pub u64);
 
 /// Who opened a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -84,8 +95,9 @@ impl fmt::Display for Job {
 /// Settings of the core (the driver's [`crate::Config`] fills them in).
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
-    /// Our role: passive nodes advertise themselves; active ones only dial out.
-    /// (Simultaneous nodes arrive with hole punching; the core treats them as active.)
+    /// Our role: passive nodes advertise themselves; active ones only dial out; simultaneous
+    /// ones keep a registration with the rendezvous and answer hole-punch challenges (see
+    /// [`Core::enable_simultaneous`]).
     pub node_type: NodeType,
     /// The port we accept connections on (0: none).
     pub listen_port: u16,
@@ -119,8 +131,13 @@ pub struct CoreConfig {
     pub unl_connect_timeout: Duration,
     /// How long dials (LAN, direct) run alone before a reverse connect starts beside them.
     pub reverse_head_start: Duration,
-    /// Reverse-connect requests acted on per minute at most (others are refused).
+    /// Reverse-connect and relay requests acted on per minute at most (others are refused).
     pub max_reverse_per_minute: usize,
+    /// Hole-punch challenges answered per minute at most (each makes us dial the candidate).
+    pub max_punch_per_minute: usize,
+    /// A hole punch that has no connection this long after it started fails (and the relay,
+    /// if possible, starts).
+    pub punch_timeout: Duration,
 }
 
 impl Default for CoreConfig {
@@ -143,6 +160,8 @@ impl Default for CoreConfig {
             unl_connect_timeout: Duration::from_secs(10),
             reverse_head_start: Duration::from_secs(1),
             max_reverse_per_minute: 16,
+            max_punch_per_minute: 16,
+            punch_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -228,6 +247,31 @@ pub enum Event {
         /// Why it was refused (`None`: we dial).
         refused: Option<String>,
     },
+    /// Our simultaneous registration changed: registered (with the port the rendezvous sees
+    /// for our listening port, and the round trip to it), or lost.
+    Registration {
+        /// The rendezvous server.
+        server: SocketAddr,
+        /// The external port of our listening port (`None`: not registered now).
+        external_port: Option<u16>,
+        /// The measured round trip to the server.
+        rtt: Option<Duration>,
+        /// Why it was lost (when it was).
+        reason: Option<String>,
+    },
+    /// A hole-punch challenge arrived (we are the simultaneous node).
+    Challenge {
+        /// The candidate's IP.
+        from: std::net::IpAddr,
+        /// The ports it predicted for itself (we dial these).
+        their_ports: Vec<u16>,
+        /// The ports we predicted for ourselves (it dials these).
+        our_ports: Vec<u16>,
+        /// How long until the meeting.
+        meeting_in: Duration,
+        /// Why it was refused (`None`: answered with `ACCEPT`).
+        refused: Option<String>,
+    },
     /// Every rendezvous server failed for `job`.
     RendezvousFailed {
         /// What we tried to do.
@@ -294,6 +338,65 @@ pub enum Output {
     MailboxClose {
         /// Why, for the log.
         reason: String,
+    },
+    /// Open a line session to a rendezvous server; `bind_port`: `Some(p)` binds the local
+    /// port `p` first (0: a fresh one) with `SO_REUSEADDR` and `SO_REUSEPORT`, so hole-punch
+    /// dials can share it. Report with [`Core::handle_session_open`] /
+    /// [`Core::handle_session_closed`], and lines with [`Core::handle_session_line`].
+    SessionOpen {
+        /// The session.
+        session: SessionId,
+        /// The rendezvous server.
+        server: SocketAddr,
+        /// The local port to bind (with reuse), if any.
+        bind_port: Option<u16>,
+    },
+    /// Queue `line` on a session.
+    SessionSend {
+        /// The session.
+        session: SessionId,
+        /// The line.
+        line: String,
+    },
+    /// Close a session (already forgotten by the core; do not report it back).
+    SessionClose {
+        /// The session.
+        session: SessionId,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// A hole-punch dial: at `at`, connect from local port `from_port` (bound with
+    /// `SO_REUSEADDR` + `SO_REUSEPORT`) to `addr`; give up `timeout` later. Report with
+    /// [`Core::handle_open`] (with `direction`) or [`Core::handle_dial_failed`].
+    PunchDial {
+        /// Where to.
+        addr: SocketAddr,
+        /// The local port to dial from.
+        from_port: u16,
+        /// When (the meeting time).
+        at: Instant,
+        /// How long the connect may take after `at`.
+        timeout: Duration,
+        /// How to report the connection: outbound for the candidate, inbound for the node
+        /// (logically the candidate connected to it; both ends then agree who "dialed").
+        direction: Direction,
+    },
+    /// Stop dials to these addresses that have not connected yet (pending punch dials
+    /// included); they are not reported back.
+    CancelDials {
+        /// The addresses.
+        addrs: Vec<SocketAddr>,
+    },
+    /// Open a relayed connection: connect to the rendezvous `server`, send `RELAY <token>`,
+    /// wait for `RELAY OK`; then it is a connection like any other. Report with
+    /// [`Core::handle_relay_open`] or [`Core::handle_relay_failed`].
+    RelayDial {
+        /// The relay.
+        relay: RelayId,
+        /// The rendezvous server relaying.
+        server: SocketAddr,
+        /// The token both ends send.
+        token: String,
     },
     /// Something for the application.
     Event(Event),
@@ -386,6 +489,24 @@ pub struct Core {
     conn_expect: HashMap<ConnId, NodeId>,
     /// When we acted on recent reverse-connect requests (the rate limit's window).
     reverse_window: VecDeque<Instant>,
+    /// Our NAT mapping, from the last NAT detection (used to predict punch ports).
+    nat_mapping: Option<NatMapping>,
+    /// Line sessions with rendezvous servers.
+    sessions: HashMap<SessionId, SessionRole>,
+    next_session: u64,
+    /// Our registration as a simultaneous node (when enabled).
+    registration: Option<Registration>,
+    /// Dials we make as the simultaneous node answering a challenge, by address: the
+    /// challenge they belong to (the others are cancelled when one connects).
+    challenge_dials: HashMap<SocketAddr, u64>,
+    next_challenge: u64,
+    /// When we answered recent challenges (the rate limit's window).
+    punch_window: VecDeque<Instant>,
+    /// Relayed connections being opened.
+    relays: HashMap<RelayId, RelayRole>,
+    next_relay: u64,
+    /// Connections that run through a relay.
+    relayed: HashSet<ConnId>,
 }
 
 impl Core {
@@ -427,6 +548,16 @@ impl Core {
             reverse_dials: HashMap::new(),
             conn_expect: HashMap::new(),
             reverse_window: VecDeque::new(),
+            nat_mapping: None,
+            sessions: HashMap::new(),
+            next_session: 0,
+            registration: None,
+            challenge_dials: HashMap::new(),
+            next_challenge: 0,
+            punch_window: VecDeque::new(),
+            relays: HashMap::new(),
+            next_relay: 0,
+            relayed: HashSet::new(),
         }
     }
 
@@ -466,6 +597,16 @@ impl Core {
         self.conns.len()
     }
 
+    /// Who opened `conn` (for relayed and punched connections: who logically dialed).
+    pub fn direction_of(&self, conn: ConnId) -> Option<Direction> {
+        self.conns.get(&conn).map(|p| p.direction)
+    }
+
+    /// Whether `conn` runs through a relay.
+    pub fn is_relayed(&self, conn: ConnId) -> bool {
+        self.relayed.contains(&conn)
+    }
+
     /// Open connections in `direction`.
     pub fn count(&self, direction: Direction) -> usize {
         self.conns
@@ -493,6 +634,7 @@ impl Core {
             self.bootstrap.next_at,
             self.advertise.next_at,
             self.unl_timeout(),
+            self.punch_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -502,6 +644,7 @@ impl Core {
     /// Runs due timers: re-bootstrap while below `max_outbound`, re-advertise.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.unl_handle_timeout(now);
+        self.punch_handle_timeout(now);
         if self.bootstrap.next_at.is_some_and(|t| t <= now) {
             self.bootstrap.next_at = None;
             if self.bootstrap.enabled && !self.bootstrap.in_flight {
@@ -675,6 +818,7 @@ impl Core {
             addr: peer.addr,
             reason: reason.to_owned(),
         }));
+        self.relayed.remove(&conn);
         self.unl_on_closed(now, conn, peer.addr, reason);
         self.after_loss(now);
     }
@@ -804,6 +948,7 @@ impl Core {
                 } else {
                     let probes = self.nat_probes.take().unwrap_or_default();
                     let mapping = nat::classify(&probes).unwrap_or(NatMapping::Random);
+                    self.nat_mapping = Some(mapping);
                     self.out.push_back(Output::Event(Event::NatDetected {
                         server,
                         mapping,

@@ -41,7 +41,8 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -52,6 +53,7 @@ use crate::config::{Config, Role};
 use crate::connect::{ConnectId, ConnectOutcome};
 use crate::core::{
     ConnId, Core, CoreConfig, Direction, Event, Job, LineVerdict, Output, QueryId, QueryReply,
+    RelayId, SessionId,
 };
 use crate::proto::line::{LineError, LineFramer};
 use crate::proto::nat::NatMapping;
@@ -60,7 +62,10 @@ use crate::proto::rendezvous::NodeType;
 use crate::server::{ReadStep, read_step};
 use crate::unl::{Forwarding, NatType, Unl};
 
+mod links;
 mod reachability;
+
+use links::{LineLink, bind_reusable, connect_from, punch_ip};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -72,6 +77,10 @@ const READ_CHUNK: usize = 64 * 1024;
 const MAX_QUEUED_EVENTS: usize = 10_000;
 /// Longest reply line accepted from a rendezvous server.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// How long an NTP query may take.
+const NTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the clock offset is measured again.
+const NTP_INTERVAL: Duration = Duration::from_mins(15);
 
 /// What can go wrong in the node.
 #[derive(Debug, Error)]
@@ -320,6 +329,19 @@ struct Dial {
     addr: SocketAddr,
     stream: TcpStream,
     deadline: Instant,
+    /// How the connection is reported to the core (punch dials of a simultaneous node are
+    /// reported as inbound).
+    direction: Direction,
+}
+
+/// A hole-punch dial waiting for its meeting time.
+#[derive(Debug)]
+struct PendingPunch {
+    addr: SocketAddr,
+    from_port: u16,
+    at: Instant,
+    timeout: Duration,
+    direction: Direction,
 }
 
 /// A short request to a rendezvous server in progress.
@@ -334,19 +356,6 @@ struct Query {
     want_reply: bool,
     reply: LineFramer,
     deadline: Instant,
-}
-
-/// The persistent connection to the dht-msg mailbox server.
-#[derive(Debug)]
-struct MailboxConn {
-    token: Token,
-    server: SocketAddr,
-    stream: TcpStream,
-    connected: bool,
-    deadline: Instant,
-    framer: LineFramer,
-    out: Vec<u8>,
-    written: usize,
 }
 
 /// Outcomes the blocking helpers wait for.
@@ -382,8 +391,21 @@ pub struct Net {
     outcomes: Outcomes,
     read_buf: Vec<u8>,
     started: bool,
-    mailbox: Option<MailboxConn>,
+    /// The persistent connection to the dht-msg mailbox server.
+    mailbox: Option<LineLink>,
     mailbox_server: Option<SocketAddr>,
+    /// Line sessions with rendezvous servers, by token.
+    sessions: HashMap<Token, (SessionId, LineLink)>,
+    session_tokens: HashMap<SessionId, Token>,
+    /// `RELAY` handshakes in progress, by token.
+    relay_links: HashMap<Token, (RelayId, LineLink)>,
+    /// Hole-punch dials waiting for their meeting time.
+    punches: Vec<PendingPunch>,
+    /// Seconds to add to the system clock to get the NTP server's time.
+    clock_offset: f64,
+    /// An NTP measurement running on a helper thread.
+    ntp_result: Option<mpsc::Receiver<Result<f64, String>>>,
+    next_ntp: Option<Instant>,
     wan_ip: Option<Ipv4Addr>,
     forwarding: Forwarding,
     nat_type: NatType,
@@ -432,6 +454,7 @@ impl Net {
             node_type: match config.node_type {
                 Role::Passive => NodeType::Passive,
                 Role::Active => NodeType::Active,
+                Role::Simultaneous => NodeType::Simultaneous,
             },
             listen_port: 0,
             public_port: config.external_port,
@@ -473,6 +496,13 @@ impl Net {
             started: false,
             mailbox: None,
             mailbox_server,
+            sessions: HashMap::new(),
+            session_tokens: HashMap::new(),
+            relay_links: HashMap::new(),
+            punches: Vec::new(),
+            clock_offset: 0.0,
+            ntp_result: None,
+            next_ntp: None,
             wan_ip: config.wan_ip,
             forwarding: if config.external_port.is_some() {
                 Forwarding::Manual
@@ -494,8 +524,15 @@ impl Net {
         }
         if self.config.listen {
             let addr = SocketAddr::new(self.config.bind, self.config.port);
-            let mut listener =
-                TcpListener::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+            // SO_REUSEPORT, so that hole-punch dials and the simultaneous registration can
+            // go out from the listening port (see `links::bind_reusable`).
+            let listener = bind_reusable(addr.ip(), addr.port())
+                .and_then(|socket| {
+                    socket.listen(1024)?;
+                    Ok(socket)
+                })
+                .map_err(|source| NetError::Bind { addr, source })?;
+            let mut listener = TcpListener::from_std(listener.into());
             self.poll
                 .registry()
                 .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -508,6 +545,13 @@ impl Net {
         self.started = true;
         if let Some(server) = self.mailbox_server {
             self.core.enable_mailbox(Instant::now(), server);
+        }
+        if self.config.ntp.is_some() {
+            self.next_ntp = Some(Instant::now());
+            self.sync_clock();
+        }
+        if self.config.node_type == Role::Simultaneous && self.local_addr.is_some() {
+            self.core.enable_simultaneous(Instant::now());
         }
         self.refresh_unl();
         self.apply_outputs(Instant::now());
@@ -582,6 +626,7 @@ impl Net {
         let lan_ip = self.lan_ip();
         let node_type = match self.config.node_type {
             Role::Passive if self.local_addr.is_some() => NodeType::Passive,
+            Role::Simultaneous if self.core.registered() => NodeType::Simultaneous,
             _ => NodeType::Active,
         };
         let unl = Unl {
@@ -625,9 +670,15 @@ impl Net {
         let node_type = match role {
             Role::Passive => NodeType::Passive,
             Role::Active => NodeType::Active,
+            Role::Simultaneous => NodeType::Simultaneous,
         };
         self.config.node_type = role;
         self.core.set_reachability(node_type, public_port);
+        if role == Role::Simultaneous && self.started && self.local_addr.is_some() {
+            let now = Instant::now();
+            self.core.enable_simultaneous(now);
+            self.apply_outputs(now);
+        }
     }
 
     /// The port peers are told to dial (the forwarded public port if set, else the listening
@@ -693,6 +744,14 @@ impl Net {
         for (_, mut q) in self.queries.drain() {
             let _ = self.poll.registry().deregister(&mut q.stream);
         }
+        for (_, (_, mut link)) in self.sessions.drain() {
+            let _ = self.poll.registry().deregister(&mut link.stream);
+        }
+        self.session_tokens.clear();
+        for (_, (_, mut link)) in self.relay_links.drain() {
+            let _ = self.poll.registry().deregister(&mut link.stream);
+        }
+        self.punches.clear();
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
@@ -800,6 +859,8 @@ impl Net {
                 t if self.mailbox.as_ref().is_some_and(|m| m.token == t) => {
                     self.drive_mailbox(now, closing);
                 }
+                t if self.sessions.contains_key(&t) => self.drive_session(now, t, closing),
+                t if self.relay_links.contains_key(&t) => self.drive_relay(now, t, closing),
                 t => {
                     let conn = ConnId(t.0 as u64);
                     if readable {
@@ -815,10 +876,13 @@ impl Net {
             }
         }
         self.expire(now);
+        self.start_due_punches(now);
+        self.check_clock(now);
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_timeout(now);
         }
         self.apply_outputs(now);
+        self.start_due_punches(now);
         // After the outputs: a NAT detection that just ended is in `outcomes` now.
         self.drive_reach(now);
         self.flush_all();
@@ -910,6 +974,18 @@ impl Net {
         if let Some(m) = self.mailbox.as_ref().filter(|m| !m.connected) {
             consider(m.deadline);
         }
+        for (_, link) in self.sessions.values().filter(|(_, l)| !l.connected) {
+            consider(link.deadline);
+        }
+        for (_, link) in self.relay_links.values() {
+            consider(link.deadline);
+        }
+        for p in &self.punches {
+            consider(p.at);
+        }
+        if let Some(t) = self.next_ntp {
+            consider(t);
+        }
         if let Some(t) = self.reach.poll_timeout() {
             consider(t);
         }
@@ -956,6 +1032,13 @@ impl Net {
             warn!(%addr, error = %e, "cannot register connection");
             return;
         }
+        self.push_conn(id, stream, addr, dir);
+        self.core.handle_open(now, id, addr, dir);
+        // A connection may already have bytes (or a FIN) waiting: read until WouldBlock.
+        self.read_conn(now, id, true);
+    }
+
+    fn push_conn(&mut self, id: ConnId, stream: TcpStream, addr: SocketAddr, dir: Direction) {
         self.index.insert(id, self.conns.len());
         self.conns.push(Connection {
             id,
@@ -970,9 +1053,6 @@ impl Net {
             close_request: None,
             closed: None,
         });
-        self.core.handle_open(now, id, addr, dir);
-        // A connection may already have bytes (or a FIN) waiting: read until WouldBlock.
-        self.read_conn(now, id, true);
     }
 
     fn start_dial(&mut self, now: Instant, addr: SocketAddr) {
@@ -994,6 +1074,7 @@ impl Net {
                         addr,
                         stream,
                         deadline: now + self.config.connect_timeout,
+                        direction: Direction::Outbound,
                     },
                 );
             }
@@ -1013,8 +1094,8 @@ impl Net {
             Ok(()) => {
                 if let Some(mut dial) = self.dials.remove(&token) {
                     let _ = self.poll.registry().deregister(&mut dial.stream);
-                    debug!(addr = %dial.addr, "connected");
-                    self.add_conn(now, dial.stream, dial.addr, Direction::Outbound);
+                    debug!(addr = %dial.addr, direction = ?dial.direction, "connected");
+                    self.add_conn(now, dial.stream, dial.addr, dial.direction);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {} // still connecting
@@ -1256,15 +1337,61 @@ impl Net {
                 Output::MailboxDial { server } => self.start_mailbox(now, server),
                 Output::MailboxSend { line } => {
                     if let Some(m) = self.mailbox.as_mut() {
-                        m.out.extend_from_slice(line.as_bytes());
-                        m.out.extend_from_slice(b"\r\n");
+                        m.queue(&line);
                     }
                     if self.mailbox.as_ref().is_some_and(|m| m.connected) {
                         self.drive_mailbox(now, false);
                     }
                 }
+                Output::SessionOpen {
+                    session,
+                    server,
+                    bind_port,
+                } => self.start_session(now, session, server, bind_port),
+                Output::SessionSend { session, line } => {
+                    if let Some(token) = self.session_tokens.get(&session).copied()
+                        && let Some((_, link)) = self.sessions.get_mut(&token)
+                    {
+                        link.queue(&line);
+                        if link.connected {
+                            self.drive_session(now, token, false);
+                        }
+                    }
+                }
+                Output::SessionClose { session, reason } => {
+                    if let Some(token) = self.session_tokens.remove(&session)
+                        && let Some((_, mut link)) = self.sessions.remove(&token)
+                    {
+                        let _ = link.flush();
+                        debug!(server = %link.server, ?session, reason, "session closed");
+                        let _ = self.poll.registry().deregister(&mut link.stream);
+                    }
+                }
+                Output::PunchDial {
+                    addr,
+                    from_port,
+                    at,
+                    timeout,
+                    direction,
+                } => {
+                    debug!(%addr, from_port, in_us = at.saturating_duration_since(now).as_micros(), "punch dial scheduled");
+                    self.punches.push(PendingPunch {
+                        addr,
+                        from_port,
+                        at,
+                        timeout,
+                        direction,
+                    });
+                }
+                Output::CancelDials { addrs } => self.cancel_dials(&addrs),
+                Output::RelayDial {
+                    relay,
+                    server,
+                    token,
+                } => self.start_relay(now, relay, server, &token),
                 Output::MailboxClose { reason } => {
                     if let Some(mut m) = self.mailbox.take() {
+                        let _ = m.flush();
                         debug!(server = %m.server, reason, "mailbox connection closed");
                         let _ = self.poll.registry().deregister(&mut m.stream);
                     }
@@ -1278,34 +1405,43 @@ impl Net {
         if let Some(mut old) = self.mailbox.take() {
             let _ = self.poll.registry().deregister(&mut old.stream);
         }
-        let mut stream = match TcpStream::connect(server) {
-            Ok(s) => s,
-            Err(e) => {
-                self.core
-                    .handle_mailbox_closed(now, &format!("cannot connect: {e}"));
-                return;
+        match self.open_link(now, server, None, self.config.connect_timeout) {
+            Ok(link) => {
+                debug!(%server, "connecting to the mailbox server");
+                self.mailbox = Some(link);
             }
+            Err(e) => self
+                .core
+                .handle_mailbox_closed(now, &format!("cannot connect: {e}")),
+        }
+    }
+
+    /// Starts a line link to `server` (from `bind_port` with reuse, if given), registered
+    /// with the poll under a new token.
+    fn open_link(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        bind_port: Option<u16>,
+        timeout: Duration,
+    ) -> io::Result<LineLink> {
+        let mut stream = match bind_port {
+            Some(port) => connect_from(punch_ip(self.config.bind), port, server)?,
+            None => TcpStream::connect(server)?,
         };
         let token = self.token();
-        if let Err(e) = self.poll.registry().register(
+        self.poll.registry().register(
             &mut stream,
             token,
             Interest::READABLE | Interest::WRITABLE,
-        ) {
-            self.core.handle_mailbox_closed(now, &e.to_string());
-            return;
-        }
-        debug!(%server, "connecting to the mailbox server");
-        self.mailbox = Some(MailboxConn {
+        )?;
+        Ok(LineLink::new(
             token,
             server,
             stream,
-            connected: false,
-            deadline: now + self.config.connect_timeout,
-            framer: LineFramer::new(MAX_REPLY_BYTES),
-            out: Vec::new(),
-            written: 0,
-        });
+            now + timeout,
+            MAX_REPLY_BYTES,
+        ))
     }
 
     /// Advances the mailbox connection: finish connecting, write, read lines into the core.
@@ -1313,84 +1449,295 @@ impl Net {
         let Some(m) = self.mailbox.as_mut() else {
             return;
         };
-        let mut failure = None;
-        let mut opened = false;
-        if !m.connected {
-            match m.stream.take_error() {
-                Ok(Some(e)) | Err(e) => failure = Some(format!("cannot connect: {e}")),
-                Ok(None) => match m.stream.peer_addr() {
-                    Ok(_) => {
-                        m.connected = true;
-                        opened = true;
-                    }
-                    Err(e)
-                        if e.kind() == io::ErrorKind::NotConnected
-                            || e.raw_os_error() == Some(libc_einprogress()) =>
-                    {
-                        return;
-                    }
-                    Err(e) => failure = Some(format!("cannot connect: {e}")),
-                },
-            }
-        }
-        if opened {
+        let progress = m.drive(&mut self.read_buf, closing, None);
+        if progress.opened.is_some() {
             self.core.handle_mailbox_open(now);
             self.apply_outputs(now);
-        }
-        let mut lines = Vec::new();
-        if failure.is_none()
-            && let Some(m) = self.mailbox.as_mut()
-        {
-            while m.written < m.out.len() {
-                match m.stream.write(&m.out[m.written..]) {
-                    Ok(n) => m.written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        failure = Some(format!("write failed: {e}"));
-                        break;
-                    }
-                }
-            }
-            if m.written == m.out.len() {
-                m.out.clear();
-                m.written = 0;
-            }
-            while failure.is_none() {
-                match read_step(&mut m.stream, &mut self.read_buf, closing) {
-                    ReadStep::Data { len, more } => {
-                        m.framer.push(&self.read_buf[..len]);
-                        if !more {
-                            break;
-                        }
-                    }
-                    ReadStep::Eof => failure = Some("closed by the server".to_owned()),
-                    ReadStep::Blocked => break,
-                    ReadStep::Failed(e) => failure = Some(format!("read failed: {e}")),
-                }
-            }
-            loop {
-                match m.framer.next_str() {
-                    None => break,
-                    Some(Ok(line)) => lines.push(line.to_owned()),
-                    Some(Err(e)) => {
-                        failure = Some(format!("bad line from the server: {e}"));
-                        break;
-                    }
-                }
+            if let Some(m) = self.mailbox.as_mut()
+                && let Err(e) = m.flush()
+            {
+                self.mailbox_lost(now, &format!("write failed: {e}"));
+                return;
             }
         }
-        for line in lines {
+        for line in progress.lines {
             self.core.handle_mailbox_line(now, &line);
         }
-        if let Some(reason) = failure
-            && let Some(mut m) = self.mailbox.take()
-        {
-            let _ = self.poll.registry().deregister(&mut m.stream);
-            debug!(server = %m.server, reason, "mailbox connection lost");
-            self.core.handle_mailbox_closed(now, &reason);
+        if let Some(reason) = progress.failure {
+            self.mailbox_lost(now, &reason);
         }
         self.apply_outputs(now);
+    }
+
+    fn mailbox_lost(&mut self, now: Instant, reason: &str) {
+        if let Some(mut m) = self.mailbox.take() {
+            let _ = self.poll.registry().deregister(&mut m.stream);
+            debug!(server = %m.server, reason, "mailbox connection lost");
+            self.core.handle_mailbox_closed(now, reason);
+        }
+    }
+
+    // ---- rendezvous sessions, hole-punch dials, relays, the clock ----
+
+    fn start_session(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        server: SocketAddr,
+        bind_port: Option<u16>,
+    ) {
+        match self.open_link(now, server, bind_port, self.config.connect_timeout) {
+            Ok(link) => {
+                debug!(%server, ?session, ?bind_port, "session connecting");
+                self.session_tokens.insert(session, link.token);
+                self.sessions.insert(link.token, (session, link));
+            }
+            Err(e) => {
+                let reason = format!("cannot connect to {server}: {e}");
+                self.core.handle_session_closed(now, session, &reason);
+            }
+        }
+    }
+
+    fn drive_session(&mut self, now: Instant, token: Token, closing: bool) {
+        let Some((session, link)) = self.sessions.get_mut(&token) else {
+            return;
+        };
+        let session = *session;
+        let progress = link.drive(&mut self.read_buf, closing, None);
+        if let Some(local) = progress.opened {
+            self.core.handle_session_open(now, session, local);
+            self.apply_outputs(now);
+        }
+        let unix = self.unix_now();
+        for line in progress.lines {
+            self.core.handle_session_line(now, unix, session, &line);
+        }
+        if let Some(reason) = progress.failure
+            && let Some((_, mut link)) = self.sessions.remove(&token)
+        {
+            self.session_tokens.remove(&session);
+            let _ = self.poll.registry().deregister(&mut link.stream);
+            debug!(server = %link.server, ?session, reason, "session lost");
+            self.core.handle_session_closed(now, session, &reason);
+        }
+        self.apply_outputs(now);
+    }
+
+    /// Starts the hole-punch dials whose meeting time has come.
+    fn start_due_punches(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.punches.len() {
+            if self.punches[i].at <= now {
+                due.push(self.punches.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for p in due {
+            let late = now.saturating_duration_since(p.at);
+            match connect_from(punch_ip(self.config.bind), p.from_port, p.addr) {
+                Ok(mut stream) => {
+                    let token = self.token();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        self.core.handle_dial_failed(now, p.addr, &e.to_string());
+                        continue;
+                    }
+                    debug!(addr = %p.addr, from_port = p.from_port, late_us = late.as_micros(), "punch dial");
+                    self.dials.insert(
+                        token,
+                        Dial {
+                            addr: p.addr,
+                            stream,
+                            deadline: now + p.timeout,
+                            direction: p.direction,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let reason = format!("cannot dial from port {}: {e}", p.from_port);
+                    self.core.handle_dial_failed(now, p.addr, &reason);
+                }
+            }
+        }
+        self.apply_outputs(now);
+    }
+
+    /// Drops dials (pending punches included) to `addrs` that have not connected.
+    fn cancel_dials(&mut self, addrs: &[SocketAddr]) {
+        self.punches.retain(|p| !addrs.contains(&p.addr));
+        let tokens: Vec<Token> = self
+            .dials
+            .iter()
+            .filter(|(_, d)| addrs.contains(&d.addr))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            if let Some(mut dial) = self.dials.remove(&token) {
+                let _ = self.poll.registry().deregister(&mut dial.stream);
+                debug!(addr = %dial.addr, "dial cancelled");
+            }
+        }
+    }
+
+    fn start_relay(&mut self, now: Instant, relay: RelayId, server: SocketAddr, token: &str) {
+        // The other end may take a while to read its mailbox: wait up to the connect timeout.
+        let timeout = self.config.unl_connect_timeout;
+        match self.open_link(now, server, None, timeout) {
+            Ok(mut link) => {
+                link.queue(&format!("RELAY {token}"));
+                debug!(%server, ?relay, "relay connecting");
+                self.relay_links.insert(link.token, (relay, link));
+            }
+            Err(e) => {
+                let reason = format!("cannot connect to relay {server}: {e}");
+                self.core.handle_relay_failed(now, relay, &reason);
+            }
+        }
+    }
+
+    /// Advances a `RELAY` handshake; at `RELAY OK` the stream becomes a connection.
+    fn drive_relay(&mut self, now: Instant, token: Token, closing: bool) {
+        let Some((relay, link)) = self.relay_links.get_mut(&token) else {
+            return;
+        };
+        let relay = *relay;
+        let progress = link.drive(&mut self.read_buf, closing, Some("RELAY OK"));
+        let mut failure = progress.failure;
+        let mut through = false;
+        for line in &progress.lines {
+            match line.as_str() {
+                "RELAY OK" => through = true,
+                "RELAY WAITING" => debug!(?relay, "relay: waiting for the other end"),
+                other => {
+                    let why = other.strip_prefix("ERROR ").unwrap_or(other);
+                    failure = Some(format!("the relay said: {why}"));
+                }
+            }
+        }
+        if through {
+            let Some((_, mut link)) = self.relay_links.remove(&token) else {
+                return;
+            };
+            let _ = self.poll.registry().deregister(&mut link.stream);
+            let rest = link.framer.take_rest();
+            let server = link.server;
+            info!(%server, ?relay, "relayed connection through");
+            self.add_relayed_conn(now, link.stream, server, relay, &rest);
+            return;
+        }
+        if let Some(reason) = failure
+            && let Some((_, mut link)) = self.relay_links.remove(&token)
+        {
+            let _ = self.poll.registry().deregister(&mut link.stream);
+            debug!(server = %link.server, ?relay, reason, "relay failed");
+            self.core.handle_relay_failed(now, relay, &reason);
+            self.apply_outputs(now);
+        }
+    }
+
+    /// A relayed stream becomes a connection; `rest` are bytes already read after `RELAY OK`.
+    fn add_relayed_conn(
+        &mut self,
+        now: Instant,
+        mut stream: TcpStream,
+        server: SocketAddr,
+        relay: RelayId,
+        rest: &[u8],
+    ) {
+        let token = self.token();
+        let id = ConnId(token.0 as u64);
+        let _ = stream.set_nodelay(true);
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.core.handle_relay_failed(now, relay, &e.to_string());
+            return;
+        }
+        self.push_conn(id, stream, server, Direction::Outbound);
+        if let Some(&i) = self.index.get(&id) {
+            self.conns[i].framer.push(rest);
+        }
+        if self.core.handle_relay_open(now, relay, id, server)
+            && let Some(&i) = self.index.get(&id)
+        {
+            // The core decides the logical direction; keep the record in step.
+            self.conns[i].direction = if self.core.direction_of(id) == Some(Direction::Inbound) {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            };
+        }
+        self.apply_outputs(now);
+        self.read_conn(now, id, true);
+    }
+
+    /// Time on the shared clock: the system clock corrected by the last NTP measurement, in
+    /// seconds since the Unix epoch.
+    fn unix_now(&self) -> f64 {
+        let system = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        system + self.clock_offset
+    }
+
+    /// Starts an NTP measurement on a helper thread (rsntp blocks); the result comes back
+    /// through a channel and wakes the loop.
+    fn sync_clock(&mut self) {
+        let Some(server) = self.config.ntp.clone() else {
+            return;
+        };
+        if self.ntp_result.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        let waker = Arc::clone(&self.waker);
+        let spawned = std::thread::Builder::new()
+            .name("ntp".to_owned())
+            .spawn(move || {
+                let mut client = rsntp::SntpClient::new();
+                client.set_timeout(NTP_TIMEOUT);
+                let result = client
+                    .synchronize(server.as_str())
+                    .map(|r| r.clock_offset().as_secs_f64())
+                    .map_err(|e| format!("NTP server {server}: {e}"));
+                let _ = tx.send(result);
+                let _ = waker.wake();
+            });
+        match spawned {
+            Ok(_) => self.ntp_result = Some(rx),
+            Err(e) => warn!(error = %e, "cannot start the NTP thread"),
+        }
+    }
+
+    /// Takes a finished NTP measurement; starts the next one when due.
+    fn check_clock(&mut self, now: Instant) {
+        if let Some(rx) = self.ntp_result.as_ref() {
+            match rx.try_recv() {
+                Ok(Ok(offset)) => {
+                    info!(offset_ms = offset * 1000.0, "clock offset from NTP");
+                    self.clock_offset = offset;
+                    self.ntp_result = None;
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "NTP failed; punch times use the system clock");
+                    self.ntp_result = None;
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => self.ntp_result = None,
+            }
+        }
+        if self.next_ntp.is_some_and(|t| t <= now) {
+            self.next_ntp = Some(now + NTP_INTERVAL);
+            self.sync_clock();
+        }
     }
 
     /// The connect-by-UNL and mailbox part of [`Net::record`].
@@ -1498,6 +1845,40 @@ impl Net {
                 debug!(conn = %conn, %addr, reason, "connection closed");
             }
             Event::DialFailed { addr, reason } => debug!(%addr, reason, "dial failed"),
+            Event::Registration {
+                server,
+                external_port,
+                rtt,
+                reason,
+            } => {
+                match (external_port, reason) {
+                    (Some(port), _) => info!(
+                        %server,
+                        external_port = port,
+                        rtt_us = rtt.map(|r| r.as_micros()),
+                        "registered as a simultaneous node"
+                    ),
+                    (None, Some(why)) => warn!(%server, why, "simultaneous registration lost"),
+                    (None, None) => {}
+                }
+                self.refresh_unl();
+            }
+            Event::Challenge {
+                from,
+                their_ports,
+                our_ports,
+                meeting_in,
+                refused,
+            } => match refused {
+                None => info!(
+                    %from,
+                    ?their_ports,
+                    ?our_ports,
+                    meeting_in_us = meeting_in.as_micros(),
+                    "hole punch: challenge accepted"
+                ),
+                Some(why) => warn!(%from, ?their_ports, why, "hole punch: challenge refused"),
+            },
             Event::ConnectDone(_)
             | Event::MailboxUp { .. }
             | Event::MailboxDown { .. }
@@ -1563,11 +1944,39 @@ impl Net {
             .mailbox
             .as_ref()
             .is_some_and(|m| !m.connected && m.deadline <= now)
-            && let Some(mut m) = self.mailbox.take()
         {
-            let _ = self.poll.registry().deregister(&mut m.stream);
             let reason = format!("no answer within {:?}", self.config.connect_timeout);
-            self.core.handle_mailbox_closed(now, &reason);
+            self.mailbox_lost(now, &reason);
+        }
+        let late: Vec<Token> = self
+            .sessions
+            .iter()
+            .filter(|(_, (_, l))| !l.connected && l.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            if let Some((session, mut link)) = self.sessions.remove(&token) {
+                self.session_tokens.remove(&session);
+                let _ = self.poll.registry().deregister(&mut link.stream);
+                let reason = format!(
+                    "no answer from {} within {:?}",
+                    link.server, self.config.connect_timeout
+                );
+                self.core.handle_session_closed(now, session, &reason);
+            }
+        }
+        let late: Vec<Token> = self
+            .relay_links
+            .iter()
+            .filter(|(_, (_, l))| l.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            if let Some((relay, mut link)) = self.relay_links.remove(&token) {
+                let _ = self.poll.registry().deregister(&mut link.stream);
+                let reason = format!("the other end did not come to relay {}", link.server);
+                self.core.handle_relay_failed(now, relay, &reason);
+            }
         }
         let late: Vec<Token> = self
             .dials
@@ -1578,8 +1987,11 @@ impl Net {
         for token in late {
             if let Some(mut dial) = self.dials.remove(&token) {
                 let _ = self.poll.registry().deregister(&mut dial.stream);
-                let reason = format!("no answer within {:?}", self.config.connect_timeout);
-                self.core.handle_dial_failed(now, dial.addr, &reason);
+                self.core.handle_dial_failed(
+                    now,
+                    dial.addr,
+                    "no answer before the dial's deadline",
+                );
             }
         }
         let late: Vec<Token> = self

@@ -196,11 +196,18 @@ impl SimNet {
                         },
                     );
                 }
-                // No mailbox server in this simulation.
+                // No mailbox server, simultaneous nodes or relays in this simulation (the
+                // punch and relay exchanges have their own virtual-time tests in the core).
                 Output::Event(_)
                 | Output::MailboxDial { .. }
                 | Output::MailboxSend { .. }
-                | Output::MailboxClose { .. } => {}
+                | Output::MailboxClose { .. }
+                | Output::SessionOpen { .. }
+                | Output::SessionSend { .. }
+                | Output::SessionClose { .. }
+                | Output::PunchDial { .. }
+                | Output::CancelDials { .. }
+                | Output::RelayDial { .. } => {}
             }
         }
     }

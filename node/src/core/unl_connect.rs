@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::{ConnId, Core, Direction, Event, Output};
+use super::punch::PunchTry;
+use super::{ConnId, Core, Direction, Event, Output, RelayId};
 use crate::connect::{
-    ConnectId, ConnectOutcome, Method, REVERSE_CONNECT_PREFIX, ReverseRequest, Try, TryResult,
+    ConnectId, ConnectOutcome, Method, RELAY_CONNECT_PREFIX, REVERSE_CONNECT_PREFIX, RelayRequest,
+    ReverseRequest, Try, TryResult,
 };
 use crate::proto::mailbox::{self, Reply, Request};
 use crate::proto::overlay::{Control, Nonce};
+use crate::proto::punch::relay_token;
 use crate::unl::{NodeId, NodeType, Unl};
 
 /// First reconnect delay of the mailbox connection; doubles up to [`MAILBOX_MAX_RETRY`].
@@ -28,13 +31,29 @@ const MAILBOX_MAX_QUEUED: usize = 256;
 /// One connect in progress.
 #[derive(Debug)]
 pub(super) struct Attempt {
-    target: Unl,
-    started: Instant,
+    pub(super) target: Unl,
+    pub(super) started: Instant,
     deadline: Instant,
     nonce: Nonce,
-    tries: Vec<Try>,
-    /// When to post the reverse-connect request (if it is a candidate and not yet posted).
+    pub(super) tries: Vec<Try>,
+    /// When the second wave (reverse connect and hole punch, whichever are planned) starts;
+    /// `None` once started or when neither is planned.
     reverse_at: Option<Instant>,
+    /// The punch try, once started.
+    pub(super) punch: Option<PunchTry>,
+    /// A relay is planned (it starts when every other try has failed).
+    relay_planned: bool,
+    /// The relayed connection being opened.
+    relay: Option<RelayId>,
+}
+
+/// Which end of a relayed connection we are.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RelayRole {
+    /// We asked for it (connect `ConnectId`).
+    Asker(ConnectId),
+    /// `node` asked us; we open with `nonce`.
+    Asked { node: NodeId, nonce: Nonce },
 }
 
 /// A reverse connect we make because someone asked.
@@ -49,7 +68,7 @@ pub(super) struct ReverseDial {
 pub(super) enum Awaiting {
     Register,
     Subscribe,
-    Put(Option<ConnectId>),
+    Put(Option<(ConnectId, Method)>),
     Ack,
     Ping,
 }
@@ -74,7 +93,7 @@ pub(super) struct MailboxClient {
     /// Requests sent and not yet answered, in order.
     awaiting: VecDeque<Awaiting>,
     /// PUTs waiting for the connection.
-    queued: VecDeque<(String, Option<ConnectId>)>,
+    queued: VecDeque<(String, Option<(ConnectId, Method)>)>,
     next_ping: Option<Instant>,
 }
 
@@ -132,6 +151,9 @@ impl Core {
             nonce,
             tries: Vec::new(),
             reverse_at: None,
+            punch: None,
+            relay_planned: false,
+            relay: None,
         };
         if target.node_id == Some(self.node_id) {
             self.attempts.insert(id, attempt);
@@ -158,7 +180,12 @@ impl Core {
             self.attempt_dials.insert(*addr, id);
         }
         let nothing = dials.is_empty() && attempt.reverse_at.is_none();
+        let relay_only = nothing && attempt.relay_planned;
         self.attempts.insert(id, attempt);
+        if relay_only {
+            self.start_relay(now, id);
+            return id;
+        }
         if nothing {
             self.finish(now, id, Err("no method can reach that node".to_owned()));
             return id;
@@ -232,35 +259,45 @@ impl Core {
                 result: TryResult::Pending,
             });
         }
+        let mut second_wave = false;
         if let Some(why) = reverse_blocker {
             attempt.tries.push(skipped(Method::Reverse, why));
         } else {
-            {
-                attempt.tries.push(Try {
-                    method: Method::Reverse,
-                    addr: None,
-                    started_ms: None,
-                    ended_ms: None,
-                    result: TryResult::Pending,
-                });
-                attempt.reverse_at = Some(if dials.is_empty() {
-                    now
-                } else {
-                    now + self.config.reverse_head_start
-                });
+            attempt.tries.push(planned(Method::Reverse));
+            second_wave = true;
+        }
+        // Punch.
+        if let Some(why) = self.punch_blocker(&target) {
+            attempt.tries.push(skipped(Method::Punch, why));
+        } else {
+            attempt.tries.push(planned(Method::Punch));
+            second_wave = true;
+        }
+        if second_wave {
+            attempt.reverse_at = Some(if dials.is_empty() {
+                now
+            } else {
+                now + self.config.reverse_head_start
+            });
+        }
+        // Relay: the last resort.
+        let relay_blocker = if target.node_id.is_none() {
+            Some("their UNL has no node id (no mailbox to ask them through)")
+        } else if self.mailbox.is_none() {
+            Some("no dht-msg server configured")
+        } else if self.config.rendezvous.is_empty() {
+            Some("no rendezvous server configured to relay through")
+        } else if ours.is_none() {
+            Some("this node has no UNL yet")
+        } else {
+            None
+        };
+        match relay_blocker {
+            Some(why) => attempt.tries.push(skipped(Method::Relay, why)),
+            None => {
+                attempt.tries.push(planned(Method::Relay));
+                attempt.relay_planned = true;
             }
-        }
-        if target.node_type == NodeType::Simultaneous {
-            attempt.tries.push(skipped(
-                Method::Punch,
-                "hole punching is not implemented yet",
-            ));
-        }
-        if target.node_type == NodeType::Simultaneous {
-            attempt.tries.push(skipped(
-                Method::Punch,
-                "hole punching is not implemented yet",
-            ));
         }
         dials
     }
@@ -296,7 +333,7 @@ impl Core {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            self.start_reverse(now, id);
+            self.start_second_wave(now, id);
         }
         let expired: Vec<ConnectId> = self
             .attempts
@@ -314,14 +351,33 @@ impl Core {
         }
     }
 
-    fn start_reverse(&mut self, now: Instant, id: ConnectId) {
-        let Some(ours) = self.local_unl else { return };
+    /// Starts the reverse connect and the punch of `id`, whichever are planned.
+    fn start_second_wave(&mut self, now: Instant, id: ConnectId) {
         let Some(a) = self.attempts.get_mut(&id) else {
             return;
         };
         if a.reverse_at.take().is_none() {
             return;
         }
+        let planned = |m: Method| {
+            a.tries
+                .iter()
+                .any(|t| t.method == m && t.result == TryResult::Pending && t.started_ms.is_none())
+        };
+        let (reverse, punch) = (planned(Method::Reverse), planned(Method::Punch));
+        if reverse {
+            self.start_reverse(now, id);
+        }
+        if punch {
+            self.start_punch(now, id);
+        }
+    }
+
+    fn start_reverse(&mut self, now: Instant, id: ConnectId) {
+        let Some(ours) = self.local_unl else { return };
+        let Some(a) = self.attempts.get_mut(&id) else {
+            return;
+        };
         let ms = millis(now - a.started);
         let Some(t) = a.tries.iter_mut().find(|t| t.method == Method::Reverse) else {
             return;
@@ -334,16 +390,121 @@ impl Core {
         }
         .to_string();
         let to = node.mailbox_id().parse::<mailbox::NodeId>();
+        let to = to.map(|to| (id, Method::Reverse, to));
         match to {
-            Ok(to) => self.mailbox_put(now, Request::Put { to, body }.to_string(), Some(id)),
+            Ok((id, method, to)) => self.mailbox_put(
+                now,
+                Request::Put { to, body }.to_string(),
+                Some((id, method)),
+            ),
             Err(e) => self.try_failed(now, id, Method::Reverse, None, &e.to_string()),
         }
     }
 
-    fn mailbox_put(&mut self, now: Instant, line: String, id: Option<ConnectId>) {
+    /// Starts the relay try of `id`: ask them through their mailbox to meet us at our
+    /// rendezvous server, and go there ourselves.
+    pub(super) fn start_relay(&mut self, now: Instant, id: ConnectId) {
+        let Some(ours) = self.local_unl else { return };
+        if self.config.rendezvous.is_empty() {
+            return;
+        }
+        let server = self.config.rendezvous[self.preferred % self.config.rendezvous.len()];
+        let relay = RelayId(self.next_relay);
+        let Some(a) = self.attempts.get_mut(&id) else {
+            return;
+        };
+        if !a.relay_planned || a.relay.is_some() {
+            return;
+        }
+        a.relay_planned = false;
+        let ms = millis(now - a.started);
+        let Some(t) = a.tries.iter_mut().find(|t| t.method == Method::Relay) else {
+            return;
+        };
+        t.started_ms = Some(ms);
+        t.addr = Some(server);
+        let Some(node) = a.target.node_id else { return };
+        let nonce = a.nonce;
+        a.relay = Some(relay);
+        self.next_relay += 1;
+        let body = RelayRequest {
+            unl: ours,
+            nonce,
+            relay: server,
+        }
+        .to_string();
+        match node.mailbox_id().parse::<mailbox::NodeId>() {
+            Ok(to) => {
+                self.relays.insert(relay, RelayRole::Asker(id));
+                self.out.push_back(Output::RelayDial {
+                    relay,
+                    server,
+                    token: relay_token(&nonce),
+                });
+                self.mailbox_put(
+                    now,
+                    Request::Put { to, body }.to_string(),
+                    Some((id, Method::Relay)),
+                );
+            }
+            Err(e) => self.try_failed(now, id, Method::Relay, None, &e.to_string()),
+        }
+    }
+
+    /// A relayed connection is through: `conn` is now a connection like any other (its
+    /// address is the relay's). Returns false when the core closed it at once.
+    pub fn handle_relay_open(
+        &mut self,
+        now: Instant,
+        relay: RelayId,
+        conn: ConnId,
+        server: SocketAddr,
+    ) -> bool {
+        let Some(role) = self.relays.remove(&relay) else {
+            self.out.push_back(Output::Close {
+                conn,
+                reason: "relay no longer wanted".to_owned(),
+            });
+            return false;
+        };
+        // The asker sees the peer come in (it opens with the nonce), the asked one dialed.
+        let direction = match role {
+            RelayRole::Asker(_) => Direction::Inbound,
+            RelayRole::Asked { .. } => Direction::Outbound,
+        };
+        self.relayed.insert(conn);
+        if let RelayRole::Asked { node, nonce } = role {
+            self.reverse_dials
+                .insert(server, ReverseDial { node, nonce });
+        }
+        let open = self.handle_open(now, conn, server, direction);
+        if !open {
+            self.relayed.remove(&conn);
+        }
+        open
+    }
+
+    /// A relayed connection could not be opened.
+    pub fn handle_relay_failed(&mut self, now: Instant, relay: RelayId, reason: &str) {
+        match self.relays.remove(&relay) {
+            Some(RelayRole::Asker(id)) => {
+                self.try_failed(now, id, Method::Relay, None, reason);
+            }
+            Some(RelayRole::Asked { node, .. }) => {
+                self.out.push_back(Output::Event(Event::ReverseRequested {
+                    from: node.to_string(),
+                    addr: None,
+                    refused: Some(format!("relay failed: {reason}")),
+                }));
+            }
+            None => {}
+        }
+    }
+
+    fn mailbox_put(&mut self, now: Instant, line: String, id: Option<(ConnectId, Method)>) {
         let Some(m) = self.mailbox.as_mut() else {
-            if let Some(id) = id {
-                self.try_failed(now, id, Method::Reverse, None, "no dht-msg server");
+            if let Some((id, method)) = id {
+                self.try_failed(now, id, method, None, "no dht-msg server");
             }
             return;
         };
@@ -352,20 +513,14 @@ impl Core {
             self.out.push_back(Output::MailboxSend { line });
         } else if m.queued.len() < MAILBOX_MAX_QUEUED {
             m.queued.push_back((line, id));
-        } else if let Some(id) = id {
-            self.try_failed(
-                now,
-                id,
-                Method::Reverse,
-                None,
-                "the mailbox server is unreachable",
-            );
+        } else if let Some((id, method)) = id {
+            self.try_failed(now, id, method, None, "the mailbox server is unreachable");
         }
     }
 
     /// A try of `id` ended badly. When nothing is left running, the reverse try starts at
     /// once (if it waits), else the connect fails.
-    fn try_failed(
+    pub(super) fn try_failed(
         &mut self,
         now: Instant,
         id: ConnectId,
@@ -394,7 +549,11 @@ impl Core {
         }
         if a.reverse_at.is_some() {
             a.reverse_at = Some(now);
-            self.start_reverse(now, id);
+            self.start_second_wave(now, id);
+            return;
+        }
+        if a.relay_planned {
+            self.start_relay(now, id);
             return;
         }
         let summary = self
@@ -426,7 +585,24 @@ impl Core {
         };
         let ms = millis(now - a.started);
         let us = u64::try_from((now - a.started).as_micros()).unwrap_or(u64::MAX);
+        let unfinished: Vec<SocketAddr> = self
+            .attempt_dials
+            .iter()
+            .filter(|(_, v)| **v == id)
+            .map(|(addr, _)| *addr)
+            .collect();
         self.attempt_dials.retain(|_, v| *v != id);
+        if !unfinished.is_empty() {
+            self.out
+                .push_back(Output::CancelDials { addrs: unfinished });
+        }
+        if let Some(session) = a.punch.as_ref().and_then(|p| p.session) {
+            self.session_close(session, "the connect ended");
+        }
+        if let Some(relay) = a.relay {
+            // Not yet through: forget it (a late `RELAY OK` is closed).
+            self.relays.remove(&relay);
+        }
         let losers: Vec<ConnId> = self
             .conn_attempt
             .iter()
@@ -492,6 +668,7 @@ impl Core {
     /// connect someone asked for). Also binds outbound connections to connects.
     pub(super) fn unl_on_open(&mut self, conn: ConnId, addr: SocketAddr, direction: Direction) {
         let mut nonce = None;
+        self.punch_on_open(addr);
         if direction == Direction::Outbound {
             if let Some(id) = self.attempt_dials.remove(&addr) {
                 self.conn_attempt.insert(conn, id);
@@ -514,9 +691,12 @@ impl Core {
     /// A dial failed: the try that made it fails.
     pub(super) fn unl_on_dial_failed(&mut self, now: Instant, addr: SocketAddr, reason: &str) {
         self.reverse_dials.remove(&addr);
+        self.punch_on_dial_failed(addr);
         if let Some(id) = self.attempt_dials.remove(&addr) {
-            let method = self.method_of(id, addr);
-            self.try_failed(now, id, method, Some(addr), reason);
+            match self.method_of(id, addr) {
+                Method::Punch => self.punch_dial_failed(now, id, reason),
+                method => self.try_failed(now, id, method, Some(addr), reason),
+            }
         }
     }
 
@@ -530,8 +710,12 @@ impl Core {
     ) {
         self.conn_expect.remove(&conn);
         if let Some(id) = self.conn_attempt.remove(&conn) {
-            let method = self.method_of(id, addr);
-            self.try_failed(now, id, method, Some(addr), &format!("closed: {reason}"));
+            match self.method_of(id, addr) {
+                Method::Punch => self.punch_dial_failed(now, id, &format!("closed: {reason}")),
+                method => {
+                    self.try_failed(now, id, method, Some(addr), &format!("closed: {reason}"));
+                }
+            }
         }
     }
 
@@ -605,7 +789,14 @@ impl Core {
                         "reverse connect from a node other than the one asked",
                     );
                 }
-                Some((id, _)) => self.finish(now, id, Ok((conn, Method::Reverse, addr))),
+                Some((id, _)) => {
+                    let method = if self.relayed.contains(&conn) {
+                        Method::Relay
+                    } else {
+                        Method::Reverse
+                    };
+                    self.finish(now, id, Ok((conn, method, addr)));
+                }
             }
             return;
         }
@@ -633,9 +824,15 @@ impl Core {
     }
 
     fn method_of(&self, id: ConnectId, addr: SocketAddr) -> Method {
-        self.attempts
-            .get(&id)
-            .and_then(|a| a.tries.iter().find(|t| t.addr == Some(addr)))
+        let Some(a) = self.attempts.get(&id) else {
+            return Method::Direct;
+        };
+        if a.punch.as_ref().is_some_and(|p| p.dials.contains(&addr)) {
+            return Method::Punch;
+        }
+        a.tries
+            .iter()
+            .find(|t| t.addr == Some(addr))
             .map_or(Method::Direct, |t| t.method)
     }
 
@@ -691,7 +888,7 @@ impl Core {
             (m.retry * 2).min(MAILBOX_MAX_RETRY)
         };
         m.next_ping = None;
-        let lost: Vec<Option<ConnectId>> = m
+        let lost: Vec<Option<(ConnectId, Method)>> = m
             .awaiting
             .drain(..)
             .filter_map(|w| match w {
@@ -704,11 +901,11 @@ impl Core {
             server,
             reason: reason.to_owned(),
         }));
-        for id in lost.into_iter().flatten() {
+        for (id, method) in lost.into_iter().flatten() {
             self.try_failed(
                 now,
                 id,
-                Method::Reverse,
+                method,
                 None,
                 &format!("the mailbox connection closed: {reason}"),
             );
@@ -752,7 +949,8 @@ impl Core {
                 m.retry = MAILBOX_FIRST_RETRY;
                 m.next_ping = Some(now + MAILBOX_PING);
                 let server = m.server;
-                let queued: Vec<(String, Option<ConnectId>)> = m.queued.drain(..).collect();
+                let queued: Vec<(String, Option<(ConnectId, Method)>)> =
+                    m.queued.drain(..).collect();
                 for (line, id) in queued {
                     m.awaiting.push_back(Awaiting::Put(id));
                     self.out.push_back(Output::MailboxSend { line });
@@ -761,11 +959,11 @@ impl Core {
                     .push_back(Output::Event(Event::MailboxUp { server }));
             }
             (Awaiting::Put(id), Reply::Error(reason)) => {
-                if let Some(id) = id {
+                if let Some((id, method)) = id {
                     self.try_failed(
                         now,
                         id,
-                        Method::Reverse,
+                        method,
                         None,
                         &format!("the mailbox server refused the request: {reason}"),
                     );
@@ -788,8 +986,12 @@ impl Core {
 
     /// A message from our mailbox: act on a reverse-connect request.
     fn handle_mailbox_message(&mut self, now: Instant, from: Option<&str>, body: &str) {
+        if body.starts_with(RELAY_CONNECT_PREFIX) {
+            self.handle_relay_request(now, from, body);
+            return;
+        }
         if !body.starts_with(REVERSE_CONNECT_PREFIX) {
-            self.reverse_refused(from, None, "not a REVERSE_CONNECT message");
+            self.reverse_refused(from, None, "not a REVERSE_CONNECT or RELAY_CONNECT message");
             return;
         }
         let request = match body.parse::<ReverseRequest>() {
@@ -811,14 +1013,7 @@ impl Core {
             );
             return;
         }
-        while self
-            .reverse_window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_mins(1))
-        {
-            self.reverse_window.pop_front();
-        }
-        if self.reverse_window.len() >= self.config.max_reverse_per_minute {
+        if !self.reverse_allowed(now) {
             self.reverse_refused(from, None, "too many reverse-connect requests this minute");
             return;
         }
@@ -854,12 +1049,90 @@ impl Core {
         }
     }
 
+    /// The reverse/relay rate limit: whether one more request may be acted on now.
+    fn reverse_allowed(&mut self, now: Instant) -> bool {
+        while self
+            .reverse_window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_mins(1))
+        {
+            self.reverse_window.pop_front();
+        }
+        self.reverse_window.len() < self.config.max_reverse_per_minute
+    }
+
+    /// `RELAY_CONNECT` from our mailbox: meet the sender at the relay it names, if it is a
+    /// rendezvous server we use ourselves.
+    fn handle_relay_request(&mut self, now: Instant, from: Option<&str>, body: &str) {
+        let request = match body.parse::<RelayRequest>() {
+            Ok(r) => r,
+            Err(e) => {
+                self.reverse_refused(from, None, &e);
+                return;
+            }
+        };
+        let Some(node) = request.unl.node_id else {
+            self.reverse_refused(from, None, "the UNL has no node id");
+            return;
+        };
+        if from != Some(node.mailbox_id().as_str()) {
+            self.reverse_refused(
+                from,
+                None,
+                "the sender did not prove it owns the UNL's node id",
+            );
+            return;
+        }
+        if !self.config.rendezvous.contains(&request.relay) {
+            let why = format!(
+                "relay {} is not one of our rendezvous servers",
+                request.relay
+            );
+            self.reverse_refused(from, Some(request.relay), &why);
+            return;
+        }
+        if !self.reverse_allowed(now) {
+            self.reverse_refused(from, None, "too many relay requests this minute");
+            return;
+        }
+        self.reverse_window.push_back(now);
+        let relay = RelayId(self.next_relay);
+        self.next_relay += 1;
+        self.relays.insert(
+            relay,
+            RelayRole::Asked {
+                node,
+                nonce: request.nonce,
+            },
+        );
+        self.out.push_back(Output::Event(Event::ReverseRequested {
+            from: node.to_string(),
+            addr: Some(request.relay),
+            refused: None,
+        }));
+        self.out.push_back(Output::RelayDial {
+            relay,
+            server: request.relay,
+            token: relay_token(&request.nonce),
+        });
+    }
+
     fn reverse_refused(&mut self, from: Option<&str>, addr: Option<SocketAddr>, why: &str) {
         self.out.push_back(Output::Event(Event::ReverseRequested {
             from: from.unwrap_or("-").to_owned(),
             addr,
             refused: Some(why.to_owned()),
         }));
+    }
+}
+
+fn planned(method: Method) -> Try {
+    Try {
+        method,
+        addr: None,
+        started_ms: None,
+        ended_ms: None,
+        result: TryResult::Pending,
     }
 }
 
@@ -873,6 +1146,6 @@ fn skipped(method: Method, why: &str) -> Try {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

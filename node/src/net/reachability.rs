@@ -128,6 +128,7 @@ impl Net {
             let role = match self.reach_role {
                 Role::Passive => "passive: peers told to dial it will fail",
                 Role::Active => "active",
+                Role::Simultaneous => "simultaneous: reachable by hole punching if the NAT allows",
             };
             warn!(
                 node_type = %report.node_type,

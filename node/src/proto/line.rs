@@ -164,6 +164,18 @@ impl LineFramer {
         })
     }
 
+    /// Takes the bytes received after the last line handed out (when a line-based
+    /// handshake ends and the stream carries something else from then on, such as a relay's
+    /// `RELAY OK` followed by the peer's bytes).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.buf.split_off(self.start);
+        self.buf.clear();
+        self.start = 0;
+        self.scanned = 0;
+        self.discarding = false;
+        rest
+    }
+
     /// Frees a large buffer once everything in it has been handed out.
     fn release_if_idle(&mut self) {
         if self.start == self.buf.len() {
@@ -346,5 +358,15 @@ mod tests {
                 prop_assert!(f.buffered() <= 16 + 1 + 64);
             }
         }
+    }
+
+    #[test]
+    fn take_rest_returns_the_bytes_after_the_last_line() {
+        let mut framer = LineFramer::new(64);
+        framer.push(b"RELAY OK\r\nP2P/1 IAM x\r\npartial");
+        assert_eq!(framer.next_str(), Some(Ok("RELAY OK")));
+        assert_eq!(framer.take_rest(), b"P2P/1 IAM x\r\npartial".to_vec());
+        assert_eq!(framer.buffered(), 0);
+        assert_eq!(framer.next_str(), None);
     }
 }

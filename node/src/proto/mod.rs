@@ -6,4 +6,5 @@ pub mod line;
 pub mod mailbox;
 pub mod nat;
 pub mod overlay;
+pub mod punch;
 pub mod rendezvous;
