@@ -219,8 +219,10 @@ fn run(args: &RunArgs) -> Result<()> {
     if probe {
         // Becomes passive (with the router's port) when the port is proven reachable; the
         // probe logs what it found and why.
-        let report = net.probe_reachability().context("reachability probe")?;
-        passive |= report.node_type == node::reach::NodeKind::Passive;
+        match net.probe_reachability() {
+            Ok(report) => passive |= report.node_type == node::reach::NodeKind::Passive,
+            Err(e) => warn!(error = %e, "reachability probe failed; the node starts anyway"),
+        }
     }
     if let Some(path) = &args.unl_file {
         unl_cmd::write_unl_file(path, &net.unl())?;
