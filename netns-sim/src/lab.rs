@@ -867,20 +867,26 @@ impl Lab {
         );
         sys::write_file(
             &conf,
-            &nat::miniupnpd_config(&lan, &leases.display().to_string(), &uuid),
+            &nat::miniupnpd_config(
+                &lan,
+                &leases.display().to_string(),
+                &uuid,
+                router.mapping_protocols,
+            ),
         )?;
         let program = sys::require_tool("miniupnpd")?;
         let conf_s = conf.display().to_string();
         let pid_s = pidfile.display().to_string();
         let ready_ns = ns.clone();
+        let protocols = router.mapping_protocols;
         self.start_daemon(
             "miniupnpd",
             &router.name,
             &program,
             &["-d", "-f", &conf_s, "-P", &pid_s],
             &move || {
-                sys::listening(&ready_ns, "tcp", nat::UPNP_HTTP_PORT)
-                    && sys::listening(&ready_ns, "udp", 5351)
+                (!protocols.upnp() || sys::listening(&ready_ns, "tcp", nat::UPNP_HTTP_PORT))
+                    && (!protocols.natpmp() || sys::listening(&ready_ns, "udp", 5351))
             },
         )
     }

@@ -43,4 +43,4 @@ pub mod topology;
 
 pub use lab::{DaemonInfo, Lab, LabChild, LabError, LabOptions, LabState, RUN_DIR};
 pub use net::Ipv4Net;
-pub use topology::{HostInfo, NatKind, Role, Topology, TopologyError, TwoNats};
+pub use topology::{HostInfo, MappingProtocols, NatKind, Role, Topology, TopologyError, TwoNats};

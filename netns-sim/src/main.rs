@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use netns_sim::lab::{Lab, LabChild, LabOptions};
-use netns_sim::{NatKind, RUN_DIR, Topology, TwoNats, probe, sys};
+use netns_sim::{MappingProtocols, NatKind, RUN_DIR, Topology, TwoNats, probe, sys};
 
 /// A NAT lab on one Linux machine: real NATs (nftables), UPnP/NAT-PMP (miniupnpd) and NTP
 /// (chrony) inside network namespaces. Needs root.
@@ -61,6 +61,12 @@ struct ShapeArgs {
     /// Run miniupnpd on nat-b.
     #[arg(long)]
     upnp_b: bool,
+    /// What nat-a's miniupnpd answers: both, upnp (no NAT-PMP) or natpmp (no UPnP).
+    #[arg(long, default_value = "both", value_name = "PROTOCOLS")]
+    mapping_a: MappingProtocols,
+    /// What nat-b's miniupnpd answers: both, upnp or natpmp.
+    #[arg(long, default_value = "both", value_name = "PROTOCOLS")]
+    mapping_b: MappingProtocols,
     /// Run a local NTP server (chronyd -x, never touching the host clock) on pub.
     #[arg(long)]
     ntp: bool,
@@ -82,6 +88,8 @@ impl ShapeArgs {
                 b: self.nat_b,
                 upnp_a: self.upnp_a,
                 upnp_b: self.upnp_b,
+                mapping_a: self.mapping_a,
+                mapping_b: self.mapping_b,
                 ntp: self.ntp,
                 carol: self.carol,
             })),

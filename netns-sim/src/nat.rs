@@ -21,7 +21,7 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use crate::topology::NatKind;
+use crate::topology::{MappingProtocols, NatKind};
 
 /// Name of the WAN interface of every router.
 pub const WAN_IF: &str = "wan";
@@ -122,14 +122,22 @@ pub fn miniupnpd_tables() -> String {
 /// HTTP port of miniupnpd's IGD description (`http://LAN_ADDR:5000/rootDesc.xml`).
 pub const UPNP_HTTP_PORT: u16 = 5000;
 
-/// A miniupnpd configuration for a router whose LAN is `lan` (e.g. `192.168.1.0/24`).
-pub fn miniupnpd_config(lan: &str, lease_file: &str, uuid: &str) -> String {
+/// A miniupnpd configuration for a router whose LAN is `lan` (e.g. `192.168.1.0/24`),
+/// answering `protocols`.
+pub fn miniupnpd_config(
+    lan: &str,
+    lease_file: &str,
+    uuid: &str,
+    protocols: MappingProtocols,
+) -> String {
+    let yes = |on: bool| if on { "yes" } else { "no" };
+    let (upnp, natpmp) = (yes(protocols.upnp()), yes(protocols.natpmp()));
     format!(
         "ext_ifname={WAN_IF}
 listening_ip={LAN_IF}
 http_port={UPNP_HTTP_PORT}
-enable_natpmp=yes
-enable_upnp=yes
+enable_natpmp={natpmp}
+enable_upnp={upnp}
 secure_mode=yes
 system_uptime=yes
 notify_interval=60
@@ -183,8 +191,13 @@ mod tests {
 
     #[test]
     fn miniupnpd_config_names_its_tables_and_lan() {
-        let c = miniupnpd_config("192.168.1.0/24", "/tmp/l", "u");
+        let c = miniupnpd_config("192.168.1.0/24", "/tmp/l", "u", MappingProtocols::Both);
         assert!(c.contains("allow 1024-65535 192.168.1.0/24 1024-65535"));
+        assert!(c.contains("enable_natpmp=yes\nenable_upnp=yes\n"));
+        let c = miniupnpd_config("192.168.1.0/24", "/tmp/l", "u", MappingProtocols::Natpmp);
+        assert!(c.contains("enable_natpmp=yes\nenable_upnp=no\n"));
+        let c = miniupnpd_config("192.168.1.0/24", "/tmp/l", "u", MappingProtocols::Upnp);
+        assert!(c.contains("enable_natpmp=no\nenable_upnp=yes\n"));
         assert!(miniupnpd_tables().contains("chain prerouting_miniupnpd"));
     }
 }

@@ -170,6 +170,55 @@ pub struct PrivateHost {
     pub addr: Option<Ipv4Addr>,
 }
 
+/// Which protocols a router's miniupnpd answers (when its `upnp` is on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MappingProtocols {
+    /// UPnP IGD and NAT-PMP (miniupnpd's usual setup).
+    #[default]
+    Both,
+    /// UPnP IGD only (`enable_natpmp=no`: UDP 5351 is closed).
+    Upnp,
+    /// NAT-PMP only (`enable_upnp=no`: no SSDP, no HTTP).
+    Natpmp,
+}
+
+impl MappingProtocols {
+    /// Whether miniupnpd answers UPnP.
+    pub fn upnp(self) -> bool {
+        self != MappingProtocols::Natpmp
+    }
+
+    /// Whether miniupnpd answers NAT-PMP.
+    pub fn natpmp(self) -> bool {
+        self != MappingProtocols::Upnp
+    }
+
+    /// The name used in TOML and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            MappingProtocols::Both => "both",
+            MappingProtocols::Upnp => "upnp",
+            MappingProtocols::Natpmp => "natpmp",
+        }
+    }
+}
+
+impl std::str::FromStr for MappingProtocols {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            MappingProtocols::Both,
+            MappingProtocols::Upnp,
+            MappingProtocols::Natpmp,
+        ]
+        .into_iter()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| format!("unknown mapping protocols {s:?}: use both, upnp or natpmp"))
+    }
+}
+
 /// A NAT router between the internet segment and one LAN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +237,9 @@ pub struct Router {
     /// Run miniupnpd (UPnP IGD + NAT-PMP) on the LAN side.
     #[serde(default)]
     pub upnp: bool,
+    /// What that miniupnpd answers: `both` (default), `upnp` or `natpmp`.
+    #[serde(default)]
+    pub mapping_protocols: MappingProtocols,
     /// The hosts on its LAN.
     #[serde(default, rename = "host")]
     pub hosts: Vec<PrivateHost>,
@@ -240,6 +292,10 @@ pub struct TwoNats {
     pub upnp_a: bool,
     /// miniupnpd on `nat-b`.
     pub upnp_b: bool,
+    /// What `nat-a`'s miniupnpd answers (default both).
+    pub mapping_a: MappingProtocols,
+    /// What `nat-b`'s miniupnpd answers (default both).
+    pub mapping_b: MappingProtocols,
     /// chronyd NTP server on `pub`.
     pub ntp: bool,
     /// Add `carol` on alice's LAN.
@@ -277,6 +333,9 @@ pub struct HostInfo {
     pub nat: NatKind,
     /// Routers: runs miniupnpd.
     pub upnp: bool,
+    /// Routers: what its miniupnpd answers.
+    #[serde(default)]
+    pub mapping_protocols: MappingProtocols,
     /// Public hosts: runs chronyd.
     pub ntp: bool,
 }
@@ -321,6 +380,7 @@ impl Topology {
                     wan: None,
                     lan: None,
                     upnp: opts.upnp_a,
+                    mapping_protocols: opts.mapping_a,
                     hosts: alice_lan,
                 },
                 Router {
@@ -329,6 +389,7 @@ impl Topology {
                     wan: None,
                     lan: None,
                     upnp: opts.upnp_b,
+                    mapping_protocols: opts.mapping_b,
                     hosts: vec![host("bob")],
                 },
             ],
@@ -349,12 +410,8 @@ impl Topology {
         Self::from_toml(&text)
     }
 
-    /// Checks names and addresses and fills in every default: public hosts first, then each
-    /// router followed by its private hosts.
-    pub fn resolve(&self) -> Result<Vec<HostInfo>, TopologyError> {
-        if self.public.is_empty() && self.routers.is_empty() {
-            return Err(TopologyError::Empty);
-        }
+    /// Every name valid, none twice.
+    fn check_names(&self) -> Result<(), TopologyError> {
         let mut names: Vec<&str> = Vec::new();
         let all_names =
             self.public
@@ -370,6 +427,16 @@ impl Topology {
             }
             names.push(name);
         }
+        Ok(())
+    }
+
+    /// Checks names and addresses and fills in every default: public hosts first, then each
+    /// router followed by its private hosts.
+    pub fn resolve(&self) -> Result<Vec<HostInfo>, TopologyError> {
+        if self.public.is_empty() && self.routers.is_empty() {
+            return Err(TopologyError::Empty);
+        }
+        self.check_names()?;
 
         // Internet segment: explicit addresses first, then defaults.
         let mut wan_used: Vec<(Ipv4Addr, String)> = Vec::new();
@@ -398,6 +465,7 @@ impl Topology {
                 router: None,
                 nat: NatKind::None,
                 upnp: false,
+                mapping_protocols: MappingProtocols::Both,
                 ntp: h.ntp,
             });
         }
@@ -431,6 +499,7 @@ impl Topology {
                 router: None,
                 nat: r.nat,
                 upnp: r.upnp,
+                mapping_protocols: r.mapping_protocols,
                 ntp: false,
             });
             for h in &r.hosts {
@@ -447,6 +516,7 @@ impl Topology {
                     router: Some(r.name.clone()),
                     nat: r.nat,
                     upnp: false,
+                    mapping_protocols: MappingProtocols::Both,
                     ntp: false,
                 });
             }

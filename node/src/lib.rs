@@ -16,6 +16,10 @@
 //!   contract:** after every `handle_*` call the driver drains `poll_output()` until `None`
 //!   before waiting for I/O again; timers come out of `poll_timeout()` and go back in through
 //!   `handle_timeout(now)`.
+//! - [`reach`] finds out whether peers can reach the node (UPnP, NAT-PMP, the forwarding
+//!   check): a sans-IO probe and lease keeper; the blocking UPnP/NAT-PMP/HTTP calls run on
+//!   short-lived helper threads that report through a channel and wake the loop
+//!   ([`Net::probe_reachability`]).
 //! - [`proto`] holds the wire types shared with the servers (`rendezvous`, `forwarding-check`,
 //!   `dht-msg` depend on this crate so client and server share one parser per wire type).
 

@@ -65,6 +65,7 @@ use crate::server::{ReadStep, read_step};
 use crate::unl::{Forwarding, NatType, Unl};
 
 mod links;
+mod reachability;
 
 use links::{LineLink, bind_reusable, connect_from, punch_ip};
 
@@ -367,6 +368,7 @@ struct Outcomes {
     advertise: Option<Result<u16, NetError>>,
     clear: Option<()>,
     nat: Option<Result<NatReport, NetError>>,
+    reach: Option<crate::reach::ReachReport>,
 }
 
 /// A node: listener, connections, rendezvous client, overlay (see the module docs).
@@ -409,6 +411,11 @@ pub struct Net {
     wan_ip: Option<Ipv4Addr>,
     forwarding: Forwarding,
     nat_type: NatType,
+    /// UPnP/NAT-PMP/forwarding check (see `net/reachability.rs`).
+    reach: crate::reach::driver::Reachability,
+    /// The role the configuration chose (restored when a mapping is lost).
+    reach_role: Role,
+    reach_report: Option<crate::reach::ReachReport>,
 }
 
 impl Net {
@@ -432,6 +439,16 @@ impl Net {
         }
         let mailbox_server = match &config.dht_msg {
             Some(name) => Some(resolve("dht-msg", name)?),
+            None => None,
+        };
+        let check_server = match &config.forwarding_check {
+            Some(url) => Some(url.parse::<crate::reach::CheckServer>().map_err(|e| {
+                NetError::ResolveServer {
+                    what: "forwarding-check",
+                    name: url.clone(),
+                    reason: e.to_string(),
+                }
+            })?),
             None => None,
         };
         let seed = config.seed.unwrap_or_else(rand::random);
@@ -460,6 +477,7 @@ impl Net {
         });
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let reach = crate::reach::driver::Reachability::new(Arc::clone(&waker), check_server);
         Ok(Net {
             servers,
             core,
@@ -494,6 +512,9 @@ impl Net {
                 Forwarding::Forwarded
             },
             nat_type: NatType::Unknown,
+            reach,
+            reach_role: config.node_type,
+            reach_report: None,
             config,
         })
     }
@@ -710,6 +731,7 @@ impl Net {
     /// flushes what it can, and closes every connection and the listener.
     pub fn stop(&mut self) {
         self.outcomes.clear = None;
+        self.reach.release_all(reachability::RELEASE_LIMIT);
         if let Some(mut m) = self.mailbox.take() {
             let _ = self.poll.registry().deregister(&mut m.stream);
         }
@@ -869,6 +891,8 @@ impl Net {
         }
         self.apply_outputs(now);
         self.start_due_punches(now);
+        // After the outputs: a NAT detection that just ended is in `outcomes` now.
+        self.drive_reach(now);
         self.flush_all();
         Ok(())
     }
@@ -968,6 +992,9 @@ impl Net {
             consider(p.at);
         }
         if let Some(t) = self.next_ntp {
+            consider(t);
+        }
+        if let Some(t) = self.reach.poll_timeout() {
             consider(t);
         }
         // Lines left unread by a closed connection keep it listed; nothing to wait for.
@@ -1761,6 +1788,40 @@ impl Net {
                 None => info!(from, addr = ?addr, "reverse connect requested; dialing"),
                 Some(why) => warn!(from, why, "reverse-connect request refused"),
             },
+            Event::Registration {
+                server,
+                external_port,
+                rtt,
+                reason,
+            } => {
+                match (external_port, reason) {
+                    (Some(port), _) => info!(
+                        %server,
+                        external_port = port,
+                        rtt_us = rtt.map(|r| r.as_micros()),
+                        "registered as a simultaneous node"
+                    ),
+                    (None, Some(why)) => warn!(%server, why, "simultaneous registration lost"),
+                    (None, None) => {}
+                }
+                self.refresh_unl();
+            }
+            Event::Challenge {
+                from,
+                their_ports,
+                our_ports,
+                meeting_in,
+                refused,
+            } => match refused {
+                None => info!(
+                    %from,
+                    ?their_ports,
+                    ?our_ports,
+                    meeting_in_us = meeting_in.as_micros(),
+                    "hole punch: challenge accepted"
+                ),
+                Some(why) => warn!(%from, ?their_ports, why, "hole punch: challenge refused"),
+            },
             _ => {}
         }
     }
@@ -1830,41 +1891,9 @@ impl Net {
                 debug!(conn = %conn, %addr, reason, "connection closed");
             }
             Event::DialFailed { addr, reason } => debug!(%addr, reason, "dial failed"),
-            Event::Registration {
-                server,
-                external_port,
-                rtt,
-                reason,
-            } => {
-                match (external_port, reason) {
-                    (Some(port), _) => info!(
-                        %server,
-                        external_port = port,
-                        rtt_us = rtt.map(|r| r.as_micros()),
-                        "registered as a simultaneous node"
-                    ),
-                    (None, Some(why)) => warn!(%server, why, "simultaneous registration lost"),
-                    (None, None) => {}
-                }
-                self.refresh_unl();
-            }
-            Event::Challenge {
-                from,
-                their_ports,
-                our_ports,
-                meeting_in,
-                refused,
-            } => match refused {
-                None => info!(
-                    %from,
-                    ?their_ports,
-                    ?our_ports,
-                    meeting_in_us = meeting_in.as_micros(),
-                    "hole punch: challenge accepted"
-                ),
-                Some(why) => warn!(%from, ?their_ports, why, "hole punch: challenge refused"),
-            },
-            Event::ConnectDone(_)
+            Event::Registration { .. }
+            | Event::Challenge { .. }
+            | Event::ConnectDone(_)
             | Event::MailboxUp { .. }
             | Event::MailboxDown { .. }
             | Event::ReverseRequested { .. } => self.record_unl(&event),
@@ -2010,6 +2039,8 @@ impl Connection {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        // Mappings left on the router if `stop` was not called.
+        self.reach.release_all(reachability::RELEASE_LIMIT);
         for c in &mut self.conns {
             if let Some(mut stream) = c.stream.take() {
                 let _ = c.flush_on(&mut stream);

@@ -297,12 +297,11 @@ impl Core {
         } else {
             None
         };
-        match relay_blocker {
-            Some(why) => attempt.tries.push(skipped(Method::Relay, why)),
-            None => {
-                attempt.tries.push(planned(Method::Relay));
-                attempt.relay_planned = true;
-            }
+        if let Some(why) = relay_blocker {
+            attempt.tries.push(skipped(Method::Relay, why));
+        } else {
+            attempt.tries.push(planned(Method::Relay));
+            attempt.relay_planned = true;
         }
         dials
     }

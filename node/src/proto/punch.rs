@@ -162,7 +162,7 @@ mod tests {
         assert_eq!(meeting_delay(None), UNMEASURED_MEETING_DELAY);
         assert_eq!(meeting_delay(Some(Duration::ZERO)), MEETING_MARGIN);
         assert_eq!(
-            meeting_delay(Some(Duration::from_secs(60))),
+            meeting_delay(Some(Duration::from_mins(1))),
             MAX_MEETING_DELAY
         );
     }

@@ -18,6 +18,7 @@ use node::core::Event;
 use node::{Config, Net, Role};
 use tracing::{info, warn};
 
+mod reach_cmd;
 mod unl_cmd;
 
 /// A peer-to-peer node: finds other nodes through a rendezvous server, keeps TCP connections
@@ -68,12 +69,39 @@ enum Command {
     /// Detect how this machine's NAT maps TCP ports (PyP2P's method: five `SOURCE TCP` probes
     /// from fresh ports): preserving, delta(n) or random.
     NatType(NatArgs),
+    /// Find out whether peers can reach this node, open the router if it can, and print what
+    /// was tried, how long each step took and what worked.
+    ///
+    /// In parallel, within --reach-timeout (3 s): UPnP (SSDP discovery on the LAN, at most
+    /// 2 s) and NAT-PMP (the default gateway, port 5351) ask the router for its external IP;
+    /// the forwarding check (--forwarding-check http://HOST:PORT, a server on the public side)
+    /// tells the WAN IP and tries the port as it is; the rendezvous (--rendezvous) tells the
+    /// NAT type. Once a router answered, the port is mapped there (UPnP first) with a finite
+    /// lease and the forwarding check must prove it; an unproven mapping is deleted.
+    ///
+    /// Result: passive with forwarding upnp / natpmp / manual / forwarded, or else
+    /// simultaneous (NAT preserving or delta: hole punching can work) or active. The mapping
+    /// made here is deleted before exiting; `run` keeps its own and renews it.
+    ///
+    /// Example: p2p-node reachability --forwarding-check http://203.0.113.5:8080 \
+    ///            --rendezvous 203.0.113.5:8000 --json
+    #[command(verbatim_doc_comment)]
+    Reachability(reach_cmd::ReachArgs),
 }
 
+// One field per command-line switch.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
 struct RunArgs {
     #[command(flatten)]
     servers: unl_cmd::ServerFlags,
+    #[command(flatten)]
+    reach: reach_cmd::ReachFlags,
+    /// Do not probe reachability at start. The probe runs when --forwarding-check is given
+    /// (UPnP, NAT-PMP, forwarding check; see `p2p-node reachability`); a node whose port is
+    /// proven reachable becomes passive and advertises the router's port.
+    #[arg(long)]
+    no_reach: bool,
     /// Address to accept connections on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
@@ -149,6 +177,7 @@ fn main() {
         Command::Unl(args) => unl_cmd::unl(&args),
         Command::Connect(args) => unl_cmd::connect(&args),
         Command::NatType(args) => nat_type(&args),
+        Command::Reachability(args) => reach_cmd::reachability(&args),
     };
     if let Err(e) = result {
         eprintln!("p2p-node: error: {e:#}");
@@ -166,6 +195,7 @@ fn config_from(args: &RunArgs) -> Result<Config> {
         None => Config::default(),
     };
     args.servers.apply(&mut config);
+    args.reach.apply(&mut config);
     config.bind = args.bind;
     config.port = args.port;
     config.listen = !args.no_listen;
@@ -180,7 +210,9 @@ fn config_from(args: &RunArgs) -> Result<Config> {
     Ok(config)
 }
 
-fn run(args: &RunArgs) -> Result<()> {
+/// Starts the node of `p2p-node run`: reachability probe, simultaneous registration, UNL
+/// file, advertise, bootstrap, direct connects.
+fn start_node(args: &RunArgs) -> Result<Net> {
     let config = config_from(args)?;
     if config.rendezvous.is_empty() && args.connect.is_empty() && config.dht_msg.is_none() {
         bail!(
@@ -189,14 +221,23 @@ fn run(args: &RunArgs) -> Result<()> {
         );
     }
     let has_rendezvous = !config.rendezvous.is_empty();
-    let passive = config.node_type == Role::Passive;
+    let mut passive = config.node_type == Role::Passive;
     let simultaneous = config.node_type == Role::Simultaneous;
     if simultaneous && !has_rendezvous {
         bail!("--node-type simultaneous needs --rendezvous (it registers there for hole punching)");
     }
+    let probe = !args.no_reach && reach_cmd::ReachFlags::run_probes(&config);
     let mut net = Net::new(config)?;
     net.start()?;
-    if simultaneous {
+    if probe {
+        // Becomes passive (with the router's port) when the port is proven reachable; the
+        // probe logs what it found and why.
+        match net.probe_reachability() {
+            Ok(report) => passive |= report.node_type == node::reach::NodeKind::Passive,
+            Err(e) => warn!(error = %e, "reachability probe failed; the node starts anyway"),
+        }
+    }
+    if simultaneous && !passive {
         // The NAT's mapping decides which ports a punch predicts; then wait for the
         // registration, which gives the UNL its external port.
         match net.detect_nat() {
@@ -220,7 +261,11 @@ fn run(args: &RunArgs) -> Result<()> {
     for addr in &args.connect {
         net.connect(*addr);
     }
+    Ok(net)
+}
 
+fn run(args: &RunArgs) -> Result<()> {
+    let mut net = start_node(args)?;
     let stop = Arc::new(AtomicBool::new(false));
     let waker = net.waker();
     {
