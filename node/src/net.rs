@@ -549,7 +549,7 @@ impl Net {
             self.core.enable_mailbox(Instant::now(), server);
         }
         if self.config.ntp.is_some() {
-            self.next_ntp = Some(Instant::now());
+            self.next_ntp = Some(Instant::now() + NTP_INTERVAL);
             self.sync_clock();
         }
         if self.config.node_type == Role::Simultaneous && self.local_addr.is_some() {

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use node::{Config, Net};
 
+pub mod pairs;
+
 /// A passive node on 127.0.0.1 that knows `rendezvous`, with short timers for tests.
 pub fn loopback_node(rendezvous: &[String], seed: u64) -> Net {
     let mut config = Config::new()

@@ -97,6 +97,13 @@ pub(crate) struct ConnectArgs {
     /// Print the outcome and exit instead of exchanging lines.
     #[arg(long)]
     no_stdin: bool,
+    #[command(flatten)]
+    reach: crate::reach_cmd::ReachFlags,
+    /// Do not probe reachability first. By default, with --forwarding-check, the node finds
+    /// out whether it can be dialed (UPnP, NAT-PMP, forwarding check) and, when it cannot,
+    /// does not ask the peer to dial it back (no reverse connect).
+    #[arg(long)]
+    no_reach: bool,
 }
 
 /// Writes `unl` to `path` (through a temporary file, so a reader never sees half of it).
@@ -144,10 +151,22 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<()> {
     let mut config = Config::new().with_bind(args.bind).with_port(args.port);
     config.unl_connect_timeout = args.timeout;
     args.servers.apply(&mut config);
+    args.reach.apply(&mut config);
     let has_mailbox = config.dht_msg.is_some();
     let has_rendezvous = !config.rendezvous.is_empty();
+    let probe = !args.no_reach && crate::reach_cmd::ReachFlags::run_probes(&config);
     let mut net = Net::new(config)?;
     net.start()?;
+    if probe {
+        match net.probe_reachability() {
+            Ok(report) if report.node_type == node::reach::NodeKind::Passive => {}
+            Ok(_) => {
+                info!("this node cannot be dialed: no reverse connect will be asked for");
+                net.set_reachability(node::Role::Active, None);
+            }
+            Err(e) => tracing::warn!(error = %e, "reachability probe failed"),
+        }
+    }
     if has_rendezvous && target.node_type == node::unl::NodeType::Simultaneous {
         // A punch predicts our ports from our NAT's mapping.
         if let Err(e) = net.detect_nat() {
