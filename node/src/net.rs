@@ -57,7 +57,7 @@ use crate::proto::line::{LineError, LineFramer};
 use crate::proto::nat::NatMapping;
 use crate::proto::overlay::{MessageId, PeerId};
 use crate::proto::rendezvous::NodeType;
-use crate::server::{ReadStep, read_step};
+use crate::server::{READ_BUDGET_BYTES, ReadStep, read_step};
 use crate::unl::{Forwarding, NatType, Unl};
 
 const LISTENER: Token = Token(0);
@@ -378,6 +378,9 @@ pub struct Net {
     dropped_events: u64,
     outcomes: Outcomes,
     read_buf: Vec<u8>,
+    /// Peers whose read budget ran out with data left (and whether their FIN was seen): read
+    /// again next turn, without waiting (see [`READ_BUDGET_BYTES`]).
+    unfinished: Vec<(ConnId, bool)>,
     started: bool,
     mailbox: Option<MailboxConn>,
     mailbox_server: Option<SocketAddr>,
@@ -419,6 +422,7 @@ impl Net {
             public_port: config.external_port,
             rendezvous: servers.clone(),
             max_inbound: config.max_inbound,
+            max_inbound_per_ip: config.max_inbound_per_ip,
             max_outbound: config.max_outbound,
             bootstrap_count: config.bootstrap_count,
             rebootstrap_interval: config.rebootstrap_interval,
@@ -451,6 +455,7 @@ impl Net {
             dropped_events: 0,
             outcomes: Outcomes::default(),
             read_buf: vec![0; READ_CHUNK],
+            unfinished: Vec::new(),
             started: false,
             mailbox: None,
             mailbox_server,
@@ -791,6 +796,9 @@ impl Net {
                 }
             }
         }
+        for (conn, closing) in std::mem::take(&mut self.unfinished) {
+            self.read_conn(now, conn, closing);
+        }
         self.expire(now);
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_timeout(now);
@@ -868,6 +876,9 @@ impl Net {
     }
 
     fn next_wait(&self, now: Instant, timeout: Option<Duration>) -> Option<Duration> {
+        if !self.unfinished.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let mut wait = timeout;
         let mut consider = |at: Instant| {
             let d = at.saturating_duration_since(now);
@@ -1121,12 +1132,14 @@ impl Net {
     }
 
     /// Reads what `conn` has into the core. `closing`: the event also reported the peer's FIN
-    /// (or an error), which raises no further edge, so read on until EOF.
+    /// (or an error), which raises no further edge, so read on until EOF. At most
+    /// [`READ_BUDGET_BYTES`] per turn: a peer with more waiting is read again next turn.
     fn read_conn(&mut self, now: Instant, conn: ConnId, closing: bool) {
         let Some(&i) = self.index.get(&conn) else {
             return;
         };
         let mut failure: Option<String> = None;
+        let mut budget = READ_BUDGET_BYTES;
         loop {
             let c = &mut self.conns[i];
             let Some(stream) = c.stream.as_mut() else {
@@ -1137,6 +1150,11 @@ impl Net {
                 ReadStep::Data { len, more } => {
                     c.framer.push(&self.read_buf[..len]);
                     drained = !more;
+                    budget = budget.saturating_sub(len);
+                    if more && budget == 0 {
+                        self.unfinished.push((conn, closing));
+                        drained = true;
+                    }
                 }
                 ReadStep::Eof => failure = Some("closed by peer".to_owned()),
                 ReadStep::Blocked => drained = true,

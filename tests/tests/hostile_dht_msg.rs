@@ -545,3 +545,44 @@ fn posts_past_a_mailbox_quota_are_refused_with_a_reason_and_nothing_is_dropped()
         ),
     );
 }
+
+/// A client that sends valid requests as fast as the socket takes them and reads every reply
+/// (so the output cap never applies): it gets its share of the loop (at most
+/// `node::server::READ_BUDGET_BYTES` per turn), not all of it.
+#[test]
+fn a_greedy_client_writing_as_fast_as_it_can_does_not_starve_others() {
+    let mut v = Victims::start(config());
+    let addr = v.addr();
+    let before = v.measure();
+    let greedy = connect_from(lo(10), addr).unwrap();
+    let mut reader = greedy.try_clone().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        total
+    });
+    let mut w = greedy.try_clone().unwrap();
+    let attack = Attack::start(move |_| {
+        let burst = b"PING\r\n".repeat(4096);
+        u64::from(w.write_all(&burst).is_ok()) * 4096
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let during = v.measure();
+    let pings = attack.stop();
+    let _ = greedy.shutdown(std::net::Shutdown::Both);
+    let replies = drain.join().unwrap();
+    v.check_nothing_lost();
+    report(
+        "dht-msg",
+        "greedy client (PING as fast as it can, reads every PONG)",
+        &before,
+        &during,
+        &format!("{pings} PINGs sent, {} PONGs read", replies / 6),
+    );
+}
