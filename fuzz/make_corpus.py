@@ -82,7 +82,7 @@ write("rendezvous_response", text([
     b"NODES p:203.0.113.7:50500 p:[2001:db8::1]:8000 ", b"NODES EMPTY", b"REMOTE TCP 40123",
     b"PREDICTION SET", b"CHALLENGE 198.51.100.2 40000 40001 TCP",
     b"FIGHT 203.0.113.7 50500 TCP 1700000000.25", b"RECONNECT", b"ERROR line too long",
-    b"NODES s:1.2.3.4:1", b"ERROR",
+    b"NODES s:1.2.3.4:1", b"ERROR", b"p:203.0.113.7:50500", b"s:[2001:db8::1]:8000",
 ]) + structured(8))
 
 write("unl", text([

@@ -97,7 +97,22 @@ fuzz_target!(|data: &[u8]| {
             };
             if let Some(Ok(c)) = Control::parse(line) {
                 let encoded = c.to_string();
-                assert_eq!(Control::parse(&encoded), Some(Ok(c)), "re-encoded {line:?}");
+                assert_eq!(
+                    Control::parse(&encoded),
+                    Some(Ok(c.clone())),
+                    "re-encoded {line:?}"
+                );
+                // Only what the format allows: hex digits in ids and nonces, decimal digits in
+                // the port and the TTL (no sign).
+                let words: Vec<&str> = line.split(' ').collect();
+                let hex = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_hexdigit());
+                let dec = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+                let strict = match c {
+                    Control::Hello { .. } => hex(words[2]) && dec(words[3]),
+                    Control::Iam { .. } => words[2..].iter().all(|w| hex(w)),
+                    Control::Broadcast { .. } => hex(words[2]) && dec(words[3]),
+                };
+                assert!(strict, "accepted a field outside the format: {line:?}");
             }
         }
         1 => {

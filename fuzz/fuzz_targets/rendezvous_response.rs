@@ -96,6 +96,12 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Ok(entry) = line.parse::<NodeEntry>() {
             assert_eq!(entry.to_string().parse::<NodeEntry>(), Ok(entry));
+            // The port is digits only (no sign).
+            let port = line.rsplit(':').next().unwrap_or_default();
+            assert!(
+                port.bytes().all(|b| b.is_ascii_digit()),
+                "accepted a port outside the format: {line:?}"
+            );
         }
         return;
     }
