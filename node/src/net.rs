@@ -300,7 +300,9 @@ impl Connection {
             if self.out.capacity() > READ_CHUNK {
                 self.out.shrink_to(READ_CHUNK);
             }
-        } else if self.written > READ_CHUNK {
+        } else if self.written > READ_CHUNK && self.written * 2 >= self.out.len() {
+            // Compact only once the written part is at least half: moving the unwritten rest
+            // on every flush costs O(queued) per turn for a slow reader with a long queue.
             self.out.drain(..self.written);
             self.written = 0;
         }
@@ -1146,7 +1148,8 @@ impl Net {
                 return;
             };
             let mut drained = false;
-            match read_step(stream, &mut self.read_buf, closing) {
+            let room = budget.min(self.read_buf.len());
+            match read_step(stream, &mut self.read_buf[..room], closing) {
                 ReadStep::Data { len, more } => {
                     c.framer.push(&self.read_buf[..len]);
                     drained = !more;
