@@ -6,8 +6,9 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # New inputs go to fuzz/target/work-corpus/<target> (not committed); the committed seeds in
-# fuzz/corpus/<target> are read only. A crash stops the script with the failing input saved in
-# fuzz/artifacts/<target>/ and exit status 1; reproduce it with
+# fuzz/corpus/<target> are read only. A crash marks the target CRASH (the script goes on with
+# the others, then exits 1), with the failing input saved in fuzz/artifacts/<target>/;
+# reproduce it with
 #   cargo +nightly fuzz run -s none <target> fuzz/artifacts/<target>/<file>
 # Sanitizers are off (`-s none`): the code under test forbids `unsafe`, and without ASan both
 # the build and the executions are several times faster. Set FUZZ_SANITIZER=address to turn
