@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use node::server::{ReadStep, ShutdownHandle, is_fd_exhaustion, read_step};
+use node::server::{READ_BUDGET_BYTES, ReadStep, ShutdownHandle, is_fd_exhaustion, read_step};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -41,6 +41,9 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     last_fd_warning: Option<Instant>,
     fd_refusals: u64,
+    /// Connections whose read budget ran out with data left (and whether their FIN was seen):
+    /// read again after the other events.
+    unfinished: Vec<(ConnId, bool)>,
 }
 
 impl Server {
@@ -95,6 +98,7 @@ impl Server {
             accept_paused_until: None,
             last_fd_warning: None,
             fd_refusals: 0,
+            unfinished: Vec::new(),
         };
         // Deletions of records that expired while the server was down.
         server.commit()?;
@@ -128,7 +132,11 @@ impl Server {
             "dht-msg listening (line protocol and HTTP on one port)"
         );
         while !self.shutdown.is_requested() {
-            let timeout = Some(self.next_wakeup().saturating_duration_since(Instant::now()));
+            let timeout = if self.unfinished.is_empty() {
+                Some(self.next_wakeup().saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -150,6 +158,9 @@ impl Server {
                         }
                     }
                 }
+            }
+            for (id, closing) in std::mem::take(&mut self.unfinished) {
+                self.read(now, id, &mut buf, closing);
             }
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
@@ -259,7 +270,9 @@ impl Server {
 
     /// `closing`: the event also reported the peer's FIN (or an error), which raises no
     /// further edge, so read on until EOF.
+    /// At most [`READ_BUDGET_BYTES`] per call: a connection with more is noted as unfinished.
     fn read(&mut self, now: Instant, id: ConnId, buf: &mut [u8], closing: bool) {
+        let mut budget = READ_BUDGET_BYTES;
         loop {
             let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
                 return;
@@ -268,6 +281,11 @@ impl Server {
                 ReadStep::Data { len, more } => {
                     self.core.handle_data(now, id, &buf[..len]);
                     if !more {
+                        return;
+                    }
+                    budget = budget.saturating_sub(len);
+                    if budget == 0 {
+                        self.unfinished.push((id, closing));
                         return;
                     }
                 }

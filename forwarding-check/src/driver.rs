@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use node::server::{ReadStep, ShutdownHandle, is_fd_exhaustion, read_step};
+use node::server::{READ_BUDGET_BYTES, ReadStep, ShutdownHandle, is_fd_exhaustion, read_step};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -39,6 +39,9 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     last_fd_warning: Option<Instant>,
     fd_refusals: u64,
+    /// Connections whose read budget ran out with data left (and whether their FIN was seen):
+    /// read again after the other events.
+    unfinished: Vec<(ConnId, bool)>,
 }
 
 impl Server {
@@ -62,6 +65,7 @@ impl Server {
             accept_paused_until: None,
             last_fd_warning: None,
             fd_refusals: 0,
+            unfinished: Vec::new(),
         })
     }
 
@@ -86,7 +90,11 @@ impl Server {
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
         info!(addr = %self.local_addr, "forwarding-check listening");
         while !self.shutdown.is_requested() {
-            let timeout = Some(self.next_wakeup().saturating_duration_since(Instant::now()));
+            let timeout = if self.unfinished.is_empty() {
+                Some(self.next_wakeup().saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -111,6 +119,10 @@ impl Server {
                         }
                     }
                 }
+                self.carry_out_actions(now);
+            }
+            for (id, closing) in std::mem::take(&mut self.unfinished) {
+                self.read(now, id, &mut buf, closing);
                 self.carry_out_actions(now);
             }
             if self.accept_paused_until.is_some_and(|t| now >= t) {
@@ -209,8 +221,10 @@ impl Server {
         }
     }
 
-    /// Reads what the socket has (see [`read_step`] for when to stop).
+    /// Reads what the socket has (see [`read_step`] for when to stop), at most
+    /// [`READ_BUDGET_BYTES`] per call: a connection with more is noted as unfinished.
     fn read(&mut self, now: Instant, id: ConnId, buf: &mut [u8], closing: bool) {
+        let mut budget = READ_BUDGET_BYTES;
         loop {
             let Some(stream) = self.streams.get_mut(id.0).and_then(Option::as_mut) else {
                 return;
@@ -219,6 +233,11 @@ impl Server {
                 ReadStep::Data { len, more } => {
                     self.core.handle_data(now, id, &buf[..len]);
                     if !more {
+                        return;
+                    }
+                    budget = budget.saturating_sub(len);
+                    if budget == 0 {
+                        self.unfinished.push((id, closing));
                         return;
                     }
                 }

@@ -59,6 +59,9 @@ pub struct Config {
     pub node_type: Role,
     /// Inbound connections beyond this are closed at once (default 32).
     pub max_inbound: usize,
+    /// Inbound connections from one IP beyond this are closed at once (default 8), so that
+    /// one host cannot take every inbound slot.
+    pub max_inbound_per_ip: usize,
     /// Bootstrap dials until this many outbound connections are open (default 8).
     pub max_outbound: usize,
     /// `n` in `BOOTSTRAP n`, 1..=100 (default 20).
@@ -141,6 +144,7 @@ impl Default for Config {
             rendezvous: Vec::new(),
             node_type: Role::Passive,
             max_inbound: 32,
+            max_inbound_per_ip: 8,
             max_outbound: 8,
             bootstrap_count: 20,
             rebootstrap_interval: Duration::from_mins(1),
@@ -228,6 +232,13 @@ impl Config {
     #[must_use]
     pub fn with_max_inbound(mut self, n: usize) -> Self {
         self.max_inbound = n;
+        self
+    }
+
+    /// Sets the inbound cap per peer IP.
+    #[must_use]
+    pub fn with_max_inbound_per_ip(mut self, n: usize) -> Self {
+        self.max_inbound_per_ip = n;
         self
     }
 

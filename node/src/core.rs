@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -108,6 +108,9 @@ pub struct CoreConfig {
     pub rendezvous: Vec<SocketAddr>,
     /// Inbound connections beyond this are closed at once.
     pub max_inbound: usize,
+    /// Inbound connections from one IP beyond this are closed at once, so that one host
+    /// cannot take every inbound slot (several nodes behind one NAT share an IP: not 1).
+    pub max_inbound_per_ip: usize,
     /// Bootstrap dials until this many outbound connections are open or being opened.
     pub max_outbound: usize,
     /// `n` in `BOOTSTRAP n` (1..=100).
@@ -154,6 +157,7 @@ impl Default for CoreConfig {
             public_port: None,
             rendezvous: Vec::new(),
             max_inbound: 32,
+            max_inbound_per_ip: 8,
             max_outbound: 8,
             bootstrap_count: 20,
             rebootstrap_interval: Duration::from_mins(1),
@@ -623,6 +627,15 @@ impl Core {
             .count()
     }
 
+    /// Open inbound connections from `ip`.
+    fn inbound_from(&self, ip: IpAddr) -> usize {
+        let ip = ip.to_canonical();
+        self.conns
+            .values()
+            .filter(|p| p.direction == Direction::Inbound && p.addr.ip().to_canonical() == ip)
+            .count()
+    }
+
     /// Whether `job` is still running (a request is out).
     pub fn is_running(&self, job: Job) -> bool {
         self.queries.values().any(|q| match (q.job, job) {
@@ -769,6 +782,16 @@ impl Core {
                 reason: format!(
                     "inbound limit reached ({} connections)",
                     self.config.max_inbound
+                ),
+            });
+            return false;
+        } else if self.inbound_from(addr.ip()) >= self.config.max_inbound_per_ip {
+            self.out.push_back(Output::Close {
+                conn,
+                reason: format!(
+                    "inbound limit per IP reached ({} connections from {})",
+                    self.config.max_inbound_per_ip,
+                    addr.ip().to_canonical()
                 ),
             });
             return false;

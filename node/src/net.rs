@@ -61,7 +61,7 @@ use crate::proto::overlay::{MessageId, PeerId};
 use crate::proto::rendezvous::{
     NodeType, RelayToken, Request as RendezvousRequest, Response as RendezvousResponse,
 };
-use crate::server::{ReadStep, read_step};
+use crate::server::{READ_BUDGET_BYTES, ReadStep, read_step};
 use crate::unl::{Forwarding, NatType, Unl};
 
 mod links;
@@ -313,7 +313,9 @@ impl Connection {
             if self.out.capacity() > READ_CHUNK {
                 self.out.shrink_to(READ_CHUNK);
             }
-        } else if self.written > READ_CHUNK {
+        } else if self.written > READ_CHUNK && self.written * 2 >= self.out.len() {
+            // Compact only once the written part is at least half: moving the unwritten rest
+            // on every flush costs O(queued) per turn for a slow reader with a long queue.
             self.out.drain(..self.written);
             self.written = 0;
         }
@@ -392,6 +394,9 @@ pub struct Net {
     dropped_events: u64,
     outcomes: Outcomes,
     read_buf: Vec<u8>,
+    /// Peers whose read budget ran out with data left (and whether their FIN was seen): read
+    /// again next turn, without waiting (see [`READ_BUDGET_BYTES`]).
+    unfinished: Vec<(ConnId, bool)>,
     started: bool,
     /// The persistent connection to the dht-msg mailbox server.
     mailbox: Option<LineLink>,
@@ -462,6 +467,7 @@ impl Net {
             public_port: config.external_port,
             rendezvous: servers.clone(),
             max_inbound: config.max_inbound,
+            max_inbound_per_ip: config.max_inbound_per_ip,
             max_outbound: config.max_outbound,
             bootstrap_count: config.bootstrap_count,
             rebootstrap_interval: config.rebootstrap_interval,
@@ -495,6 +501,7 @@ impl Net {
             dropped_events: 0,
             outcomes: Outcomes::default(),
             read_buf: vec![0; READ_CHUNK],
+            unfinished: Vec::new(),
             started: false,
             mailbox: None,
             mailbox_server,
@@ -883,6 +890,9 @@ impl Net {
                 }
             }
         }
+        for (conn, closing) in std::mem::take(&mut self.unfinished) {
+            self.read_conn(now, conn, closing);
+        }
         self.expire(now);
         self.start_due_punches(now);
         self.check_clock(now);
@@ -965,6 +975,9 @@ impl Net {
     }
 
     fn next_wait(&self, now: Instant, timeout: Option<Duration>) -> Option<Duration> {
+        if !self.unfinished.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let mut wait = timeout;
         let mut consider = |at: Instant| {
             let d = at.saturating_duration_since(now);
@@ -1238,22 +1251,30 @@ impl Net {
     }
 
     /// Reads what `conn` has into the core. `closing`: the event also reported the peer's FIN
-    /// (or an error), which raises no further edge, so read on until EOF.
+    /// (or an error), which raises no further edge, so read on until EOF. At most
+    /// [`READ_BUDGET_BYTES`] per turn: a peer with more waiting is read again next turn.
     fn read_conn(&mut self, now: Instant, conn: ConnId, closing: bool) {
         let Some(&i) = self.index.get(&conn) else {
             return;
         };
         let mut failure: Option<String> = None;
+        let mut budget = READ_BUDGET_BYTES;
         loop {
             let c = &mut self.conns[i];
             let Some(stream) = c.stream.as_mut() else {
                 return;
             };
             let mut drained = false;
-            match read_step(stream, &mut self.read_buf, closing) {
+            let room = budget.min(self.read_buf.len());
+            match read_step(stream, &mut self.read_buf[..room], closing) {
                 ReadStep::Data { len, more } => {
                     c.framer.push(&self.read_buf[..len]);
                     drained = !more;
+                    budget = budget.saturating_sub(len);
+                    if more && budget == 0 {
+                        self.unfinished.push((conn, closing));
+                        drained = true;
+                    }
                 }
                 ReadStep::Eof => failure = Some("closed by peer".to_owned()),
                 ReadStep::Blocked => drained = true,

@@ -3,6 +3,8 @@
 
 #![allow(clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod hostile;
+
 use std::time::{Duration, Instant};
 
 use node::{Config, Net};

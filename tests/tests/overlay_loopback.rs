@@ -260,7 +260,13 @@ fn the_overlay_keeps_flooding_when_the_rendezvous_goes_down_and_nodes_re_registe
 #[test]
 fn a_peer_that_sends_and_closes_at_once_is_read_and_then_dropped() {
     // The data and the FIN can arrive in one readiness event; the FIN raises no new edge.
-    let mut a = Net::new(Config::new().with_bind("127.0.0.1".parse().unwrap())).unwrap();
+    // 20 connections from one IP at once: over the default per-IP inbound cap (8).
+    let mut a = Net::new(
+        Config::new()
+            .with_bind("127.0.0.1".parse().unwrap())
+            .with_max_inbound_per_ip(32),
+    )
+    .unwrap();
     a.start().unwrap();
     for i in 0..20 {
         let mut raw = TcpStream::connect(a.local_addr().unwrap()).unwrap();

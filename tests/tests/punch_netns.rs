@@ -1,4 +1,4 @@
-//! Connect by UNL between two NATed nodes (netns-sim, real NATs, real chrony, real processes):
+//! Connect by UNL between two nodes behind NATs (netns-sim, real NATs, real chrony, real processes):
 //! the matrix of alice's × bob's NAT kinds, each with the method it must use. alice runs
 //! `p2p-node run` behind nat-a (simultaneous when her NAT's ports are predictable, else
 //! active); bob runs `p2p-node connect <alice's UNL>` from behind nat-b. Each run asserts the

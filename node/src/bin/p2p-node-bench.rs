@@ -78,6 +78,7 @@ fn loopback() -> Config {
     Config::new()
         .with_bind(std::net::Ipv4Addr::LOCALHOST.into())
         .with_max_inbound(100_000)
+        .with_max_inbound_per_ip(100_000)
         .with_max_output_bytes(1 << 30)
 }
 

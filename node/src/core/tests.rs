@@ -168,6 +168,47 @@ fn inbound_cap_and_malformed_control_lines_close_only_that_connection() {
     );
 }
 
+/// One host cannot take every inbound slot: past `max_inbound_per_ip` its connections are
+/// closed, while another IP still gets in (hostile suite: `hostile_node`).
+#[test]
+fn inbound_cap_per_ip_leaves_room_for_other_hosts() {
+    let now = Instant::now();
+    let mut c = Core::new(CoreConfig {
+        max_inbound: 8,
+        max_inbound_per_ip: 3,
+        ..CoreConfig::default()
+    });
+    for i in 1..=3 {
+        assert!(c.handle_open(
+            now,
+            ConnId(i),
+            addr(&format!("10.0.0.9:{i}")),
+            Direction::Inbound
+        ));
+    }
+    // The same IP, also written as an IPv4-mapped IPv6 address, is refused...
+    assert!(!c.handle_open(now, ConnId(4), addr("10.0.0.9:4"), Direction::Inbound));
+    assert!(!c.handle_open(
+        now,
+        ConnId(5),
+        addr("[::ffff:10.0.0.9]:5"),
+        Direction::Inbound
+    ));
+    let out = drain(&mut c);
+    let refused = closed(&out);
+    assert_eq!(refused.len(), 2);
+    assert_eq!(
+        refused[0].1,
+        "inbound limit per IP reached (3 connections from 10.0.0.9)"
+    );
+    // ...another IP is not, and neither are our own dials to that IP.
+    assert!(c.handle_open(now, ConnId(6), addr("10.0.0.10:1"), Direction::Inbound));
+    assert!(c.handle_open(now, ConnId(7), addr("10.0.0.9:80"), Direction::Outbound));
+    // A slot freed by a close is free again.
+    c.handle_closed(now, ConnId(1), "gone");
+    assert!(c.handle_open(now, ConnId(8), addr("10.0.0.9:8"), Direction::Inbound));
+}
+
 #[test]
 fn bootstrap_fails_over_to_the_next_server_and_prefers_it_afterwards() {
     let now = Instant::now();

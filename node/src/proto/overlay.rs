@@ -85,9 +85,10 @@ impl std::str::FromStr for Nonce {
     }
 }
 
-/// `N` bytes from exactly `2 * N` hex digits.
+/// `N` bytes from exactly `2 * N` hex digits. (`u8::from_str_radix` alone would also take a
+/// `+` sign in a pair: `+f`.)
 fn parse_hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !text.is_ascii() {
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; N];
@@ -161,7 +162,7 @@ impl Control {
                 let peer = it.next().and_then(parse_hex16).ok_or(bad("peer id"))?;
                 let listen_port = it
                     .next()
-                    .and_then(|p| p.parse::<u16>().ok())
+                    .and_then(parse_decimal::<u16>)
                     .ok_or(bad("listen port"))?;
                 if it.next().is_some() {
                     return Err(bad("end of line (extra fields)"));
@@ -194,7 +195,7 @@ impl Control {
                 let id = it.next().and_then(parse_hex16).ok_or(bad("message id"))?;
                 let ttl = it
                     .next()
-                    .and_then(|t| t.parse::<u8>().ok())
+                    .and_then(parse_decimal::<u8>)
                     .filter(|t| *t > 0)
                     .ok_or(bad("ttl (1..=255)"))?;
                 let payload = it.next().ok_or(bad("payload"))?;
@@ -209,12 +210,20 @@ impl Control {
     }
 }
 
-/// Exactly 16 lowercase or uppercase hex digits.
+/// Exactly 16 lowercase or uppercase hex digits (no sign: `from_str_radix` would take one).
 fn parse_hex16(text: &str) -> Option<u64> {
-    if text.len() != 16 {
+    if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     u64::from_str_radix(text, 16).ok()
+}
+
+/// A decimal number: digits only (no sign, unlike `str::parse`).
+fn parse_decimal<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 impl fmt::Display for Control {
@@ -351,6 +360,34 @@ mod tests {
                     kind: "HELLO",
                     field
                 })),
+                "{line}"
+            );
+        }
+    }
+
+    /// Found by the `overlay_control` fuzz target: `from_str_radix` and `str::parse` take a
+    /// leading `+`, so `P2P/1 IAM 74+15a+1...` was read as a node id. Every field is digits
+    /// only now.
+    #[test]
+    fn signs_are_not_digits() {
+        let id = "74416a6d75386d4850484656444a387437704b38";
+        assert!(matches!(
+            Control::parse(&format!("P2P/1 IAM {id}")),
+            Some(Ok(_))
+        ));
+        for line in [
+            "P2P/1 IAM 74+15a+174+15a+15a485056444a387437704b3b".to_owned(),
+            format!("P2P/1 IAM {id} {}", "+f".repeat(32)),
+            "P2P/1 HELLO +123456789abcdef 5".to_owned(),
+            "P2P/1 HELLO 0123456789abcdef +5".to_owned(),
+            "P2P/1 BCAST +00000000000000a 3 x".to_owned(),
+            "P2P/1 BCAST 000000000000000a +3 x".to_owned(),
+        ] {
+            assert!(
+                matches!(
+                    Control::parse(&line),
+                    Some(Err(ControlError::Malformed { .. }))
+                ),
                 "{line}"
             );
         }

@@ -245,6 +245,10 @@ impl FromStr for NodeEntry {
         // rsplit: an IPv6 address contains colons itself.
         let (ip, port) = rest.rsplit_once(':').ok_or_else(bad)?;
         let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+        // Digits only: `str::parse` would also take a sign (`+80`).
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
         let port: u16 = port.parse().map_err(|_| bad())?;
         Ok(NodeEntry {
             node_type,

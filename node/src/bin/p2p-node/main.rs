@@ -120,6 +120,9 @@ struct RunArgs {
     /// Inbound connections beyond this are refused.
     #[arg(long, default_value_t = 32)]
     max_inbound: usize,
+    /// Inbound connections from one IP address beyond this are refused.
+    #[arg(long, default_value_t = 8)]
+    max_inbound_per_ip: usize,
     /// Bootstrap dials until this many outbound connections are open.
     #[arg(long, default_value_t = 8)]
     max_outbound: usize,
@@ -205,6 +208,7 @@ fn config_from(args: &RunArgs) -> Result<Config> {
         _ => Role::Active,
     };
     config.max_inbound = args.max_inbound;
+    config.max_inbound_per_ip = args.max_inbound_per_ip;
     config.max_outbound = args.max_outbound;
     config.max_reverse_per_minute = args.max_reverse_per_minute;
     Ok(config)

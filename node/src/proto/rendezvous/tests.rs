@@ -123,6 +123,26 @@ fn tolerant_of_extra_whitespace() {
     assert_eq!(req("QUIT \t"), Ok(Request::Quit));
 }
 
+/// Found by the `rendezvous_response` fuzz target: `str::parse::<u16>` takes a leading `+`,
+/// so `NODES p:1.2.3.4:+80` was accepted. The port is digits only now, like every other number.
+#[test]
+fn a_signed_port_in_a_nodes_entry_is_refused() {
+    for entry in [
+        "p:6.0.1.7:+506",
+        "p:[::1]:+80",
+        "p:1.2.3.4:",
+        "p:1.2.3.4:-1",
+    ] {
+        assert_eq!(
+            entry.parse::<NodeEntry>(),
+            Err(ParseError::BadNodeEntry(entry.into())),
+            "{entry}"
+        );
+        assert!(resp(&format!("NODES {entry} ")).is_err(), "{entry}");
+    }
+    assert!("p:6.0.1.7:506".parse::<NodeEntry>().is_ok());
+}
+
 #[test]
 fn ipv6_entries_and_targets() {
     let entry: NodeEntry = "p:::1:8000".parse().unwrap();
