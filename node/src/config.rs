@@ -130,6 +130,9 @@ pub struct Config {
     /// Reverse-connect requests from our mailbox acted on per minute at most (default 16):
     /// each makes us dial the address in the request.
     pub max_reverse_per_minute: usize,
+    /// Hole-punch challenges answered per minute at most (default 16): each makes a
+    /// simultaneous node dial the candidate's address.
+    pub max_punch_per_minute: usize,
     /// Our WAN address when known beforehand (default: learned from the forwarding check, else
     /// taken to be our LAN address).
     pub wan_ip: Option<std::net::Ipv4Addr>,
@@ -168,6 +171,7 @@ impl Default for Config {
             ntp: None,
             unl_connect_timeout: Duration::from_secs(10),
             max_reverse_per_minute: 16,
+            max_punch_per_minute: 16,
             wan_ip: None,
         }
     }

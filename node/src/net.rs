@@ -479,6 +479,7 @@ impl Net {
             seed,
             unl_connect_timeout: config.unl_connect_timeout,
             max_reverse_per_minute: config.max_reverse_per_minute,
+            max_punch_per_minute: config.max_punch_per_minute,
             ..CoreConfig::default()
         });
         let poll = Poll::new()?;

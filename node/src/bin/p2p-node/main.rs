@@ -146,6 +146,10 @@ struct RunArgs {
     /// address in the request; the sender must own the node id in it).
     #[arg(long, default_value_t = 16)]
     max_reverse_per_minute: usize,
+    /// Hole-punch challenges answered per minute at most (a simultaneous node dials the
+    /// candidate for each).
+    #[arg(long, default_value_t = 16)]
+    max_punch_per_minute: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -211,6 +215,7 @@ fn config_from(args: &RunArgs) -> Result<Config> {
     config.max_inbound_per_ip = args.max_inbound_per_ip;
     config.max_outbound = args.max_outbound;
     config.max_reverse_per_minute = args.max_reverse_per_minute;
+    config.max_punch_per_minute = args.max_punch_per_minute;
     Ok(config)
 }
 

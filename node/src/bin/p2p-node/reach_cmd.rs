@@ -22,10 +22,11 @@ pub(crate) struct ReachFlags {
     #[arg(long, value_name = "PORT")]
     pub(crate) external_port: Option<u16>,
     /// Bound on the whole probe: gateways (at most 2/3 of it), mapping and proof.
+    /// [default: 3s, or `reach_timeout` from --config]
     #[arg(long, value_name = "DURATION", value_parser = node::units::parse_duration)]
     pub(crate) reach_timeout: Option<Duration>,
     /// Lease asked for a mapping (renewed at half-life while the node runs, deleted on stop;
-    /// never 0).
+    /// never 0). [default: 1h, or `mapping_lease` from --config]
     #[arg(long, value_name = "DURATION", value_parser = node::units::parse_duration)]
     pub(crate) mapping_lease: Option<Duration>,
 }
