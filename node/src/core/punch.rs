@@ -751,3 +751,6 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -514,6 +514,9 @@ impl Core {
         let open = self.handle_open(now, conn, server, direction);
         if !open {
             self.relayed.remove(&conn);
+        } else if let RelayRole::Asker(id) = role {
+            // If it closes before the peer proved itself, the relay try has failed.
+            self.conn_attempt.insert(conn, id);
         }
         open
     }

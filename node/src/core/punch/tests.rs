@@ -1,0 +1,497 @@
+//! Hole punching and the relay in virtual time: the simultaneous node's registration and its
+//! answers to challenges, the candidate's side up to the dial at the meeting time, the relay
+//! fallback, and refusals. The rendezvous and the mailbox server are played by hand, line by
+//! line.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::super::{ConnId, Core, CoreConfig, Direction, Event, Output, RelayId, SessionId};
+use crate::connect::{ConnectOutcome, Method, RelayRequest, TryResult};
+use crate::proto::nat::NatMapping;
+use crate::proto::overlay::{Control, Nonce};
+use crate::proto::punch::{meeting_delay, relay_token};
+use crate::proto::rendezvous::{NodeType as Role, NtpTime};
+use crate::unl::{Forwarding, NatType, NodeType, Unl};
+
+const RENDEZVOUS: &str = "10.0.0.1:8000";
+const MAILBOX: &str = "10.0.0.50:8090";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn core(seed: u64, role: Role) -> Core {
+    Core::new(CoreConfig {
+        seed,
+        listen_port: 4000,
+        node_type: role,
+        rendezvous: vec![addr(RENDEZVOUS)],
+        max_punch_per_minute: 2,
+        ..CoreConfig::default()
+    })
+}
+
+fn drain(c: &mut Core) -> Vec<Output> {
+    std::iter::from_fn(|| c.poll_output()).collect()
+}
+
+fn unl_of(c: &Core, node_type: NodeType, ip: &str, port: u16) -> Unl {
+    Unl {
+        node_id: Some(c.node_id()),
+        node_type,
+        nat_type: NatType::Preserving,
+        forwarding: Forwarding::Forwarded,
+        port,
+        wan_ip: ip.parse().unwrap(),
+        lan_ip: ip.parse().unwrap(),
+    }
+}
+
+fn sent(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SessionSend { line, .. } => Some(line.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn opened(outputs: &[Output]) -> (SessionId, Option<u16>) {
+    outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::SessionOpen {
+                session, bind_port, ..
+            } => Some((*session, *bind_port)),
+            _ => None,
+        })
+        .expect("a session opened")
+}
+
+fn punch_dials(outputs: &[Output]) -> Vec<(SocketAddr, u16, Instant, Direction)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::PunchDial {
+                addr,
+                from_port,
+                at,
+                direction,
+                ..
+            } => Some((*addr, *from_port, *at, *direction)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn outcome(outputs: &[Output]) -> Option<ConnectOutcome> {
+    outputs.iter().find_map(|o| match o {
+        Output::Event(Event::ConnectDone(out)) => Some(out.clone()),
+        _ => None,
+    })
+}
+
+/// A simultaneous node at listening port 4000, registered (the server saw port 4000 after a
+/// 400 us round trip). Returns the registration session.
+fn registered(c: &mut Core, now: Instant) -> SessionId {
+    c.enable_simultaneous(now);
+    let out = drain(c);
+    let (session, bind) = opened(&out);
+    // From the listening port, so the NAT mapping the server sees is the one peers reach.
+    assert_eq!(bind, Some(4000));
+    c.handle_session_open(now, session, addr("192.168.1.2:4000"));
+    assert_eq!(sent(&drain(c)), vec!["SOURCE TCP"]);
+    let later = now + Duration::from_micros(400);
+    c.handle_session_line(later, 1000.0, session, "REMOTE TCP 4000");
+    let out = drain(c);
+    assert_eq!(sent(&out), vec!["SIMULTANEOUS READY 4000 32"]);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::Registration {
+            external_port: Some(4000),
+            ..
+        })
+    )));
+    assert!(c.registered());
+    assert_eq!(c.registration_rtt(), Some(Duration::from_micros(400)));
+    session
+}
+
+#[test]
+fn a_challenge_is_accepted_with_dials_at_the_meeting_time_and_rate_limited() {
+    let now = Instant::now();
+    let mut alice = core(1, Role::Simultaneous);
+    let session = registered(&mut alice, now);
+    assert_eq!(alice.advertised_port(), 4000);
+
+    let t = now + Duration::from_secs(1);
+    alice.handle_session_line(t, 1000.0, session, "CHALLENGE 198.51.100.2 5000 5001 TCP");
+    let out = drain(&mut alice);
+    let delay = meeting_delay(Some(Duration::from_micros(400)));
+    let meeting = 1000.0 + delay.as_secs_f64();
+    assert_eq!(
+        sent(&out),
+        vec![format!(
+            "ACCEPT 198.51.100.2 4000 TCP {}",
+            NtpTime::new(meeting).unwrap()
+        )]
+    );
+    // Both of the candidate's ports, from our listening port, at the meeting: a wait that is
+    // an output, not a sleep. Reported as inbound: the candidate "dialed".
+    assert_eq!(
+        punch_dials(&out),
+        vec![
+            (
+                addr("198.51.100.2:5000"),
+                4000,
+                t + delay,
+                Direction::Inbound
+            ),
+            (
+                addr("198.51.100.2:5001"),
+                4000,
+                t + delay,
+                Direction::Inbound
+            ),
+        ]
+    );
+    // One connects: the other dial stops.
+    alice.handle_open(
+        t + delay,
+        ConnId(1),
+        addr("198.51.100.2:5000"),
+        Direction::Inbound,
+    );
+    assert!(drain(&mut alice).contains(&Output::CancelDials {
+        addrs: vec![addr("198.51.100.2:5001")]
+    }));
+
+    // Limit 2 a minute: the third is refused, with a reason, and nothing is dialed.
+    alice.handle_session_line(t, 1000.0, session, "CHALLENGE 198.51.100.3 6000 TCP");
+    assert_eq!(punch_dials(&drain(&mut alice)).len(), 1);
+    alice.handle_session_line(t, 1000.0, session, "CHALLENGE 198.51.100.4 7000 TCP");
+    let out = drain(&mut alice);
+    assert!(punch_dials(&out).is_empty());
+    assert!(sent(&out).is_empty());
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::Challenge { refused: Some(why), .. }) if why.contains("too many")
+    )));
+    // A minute later it is answered again.
+    let later = t + Duration::from_secs(61);
+    alice.handle_session_line(later, 1061.0, session, "CHALLENGE 198.51.100.4 7000 TCP");
+    assert_eq!(punch_dials(&drain(&mut alice)).len(), 1);
+}
+
+#[test]
+fn a_stepping_nat_probes_its_port_counter_before_accepting() {
+    let now = Instant::now();
+    let mut alice = core(1, Role::Simultaneous);
+    alice.set_nat_mapping(NatMapping::Delta(1));
+    let session = registered(&mut alice, now);
+    alice.handle_session_line(now, 1000.0, session, "CHALLENGE 198.51.100.2 5000 TCP");
+    let out = drain(&mut alice);
+    // No ACCEPT yet: a probe from a fresh port first.
+    assert!(sent(&out).is_empty());
+    let (probe, bind) = opened(&out);
+    assert_eq!(bind, None);
+    alice.handle_session_open(now, probe, addr("192.168.1.2:40000"));
+    assert_eq!(sent(&drain(&mut alice)), vec!["SOURCE TCP"]);
+    alice.handle_session_line(now, 1000.0, probe, "REMOTE TCP 20010");
+    let out = drain(&mut alice);
+    let accept = sent(&out);
+    assert_eq!(accept.len(), 1);
+    assert!(
+        accept[0].starts_with("ACCEPT 198.51.100.2 20011 20012 20013 TCP "),
+        "{accept:?}"
+    );
+    assert!(out.contains(&Output::SessionClose {
+        session: probe,
+        reason: "probe done".into()
+    }));
+    assert_eq!(punch_dials(&out).len(), 1);
+}
+
+#[test]
+fn a_lost_registration_comes_back_with_backoff_and_reconnect_reregisters() {
+    let now = Instant::now();
+    let mut alice = core(1, Role::Simultaneous);
+    let session = registered(&mut alice, now);
+    alice.handle_session_line(now, 1000.0, session, "RECONNECT");
+    assert_eq!(sent(&drain(&mut alice)), vec!["SIMULTANEOUS READY 4000 32"]);
+    alice.handle_session_closed(now, session, "closed by the server");
+    assert!(!alice.registered());
+    let out = drain(&mut alice);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::Registration {
+            external_port: None,
+            reason: Some(_),
+            ..
+        })
+    )));
+    // Reconnects after the first retry delay (1 s), from the listening port again.
+    assert_eq!(alice.poll_timeout(), Some(now + Duration::from_secs(1)));
+    alice.handle_timeout(now + Duration::from_secs(1));
+    let (_, bind) = opened(&drain(&mut alice));
+    assert_eq!(bind, Some(4000));
+}
+
+/// bob, an active node behind a NAT, with the mailbox up when `mailbox`.
+fn bob(now: Instant, mailbox: bool) -> Core {
+    let mut bob = core(2, Role::Active);
+    bob.set_local_unl(unl_of(&bob, NodeType::Active, "198.51.100.2", 0));
+    if mailbox {
+        bob.enable_mailbox(now, addr(MAILBOX));
+        drain(&mut bob);
+        bob.handle_mailbox_open(now);
+        let id = bob.node_id().mailbox_id();
+        bob.handle_mailbox_line(now, &format!("OK REGISTERED {id} NEW"));
+        bob.handle_mailbox_line(now, "OK SUBSCRIBED 0");
+        assert!(bob.mailbox_up());
+        drain(&mut bob);
+    }
+    bob
+}
+
+#[test]
+fn a_punch_goes_candidacy_fight_dial_at_the_meeting_and_wins_on_the_nodes_iam() {
+    let now = Instant::now();
+    let alice = core(1, Role::Simultaneous);
+    let alice_unl = unl_of(&alice, NodeType::Simultaneous, "192.0.2.1", 4000);
+    let mut bob = bob(now, false);
+    bob.set_nat_mapping(NatMapping::Preserving);
+    let id = bob.connect_unl(now, alice_unl);
+    let out = drain(&mut bob);
+    // A fresh port, kept for the punch dial.
+    let (session, bind) = opened(&out);
+    assert_eq!(bind, Some(0));
+    bob.handle_session_open(now, session, addr("192.168.2.2:6000"));
+    assert_eq!(sent(&drain(&mut bob)), vec!["SOURCE TCP"]);
+    bob.handle_session_line(now, 1000.0, session, "REMOTE TCP 6000");
+    assert_eq!(
+        sent(&drain(&mut bob)),
+        vec!["CANDIDATE 192.0.2.1:4000 TCP 6000"]
+    );
+    bob.handle_session_line(now, 1000.0, session, "PREDICTION SET");
+    assert!(drain(&mut bob).is_empty());
+    bob.handle_session_line(now, 1000.0, session, "FIGHT 192.0.2.1 4000 TCP 1000.020000");
+    let out = drain(&mut bob);
+    assert!(out.iter().any(|o| matches!(o, Output::SessionClose { .. })));
+    let dials = punch_dials(&out);
+    assert_eq!(dials.len(), 1);
+    let (to, from, at, direction) = dials[0];
+    assert_eq!(
+        (to, from, direction),
+        (addr("192.0.2.1:4000"), 6000, Direction::Outbound)
+    );
+    let wait = at - now;
+    assert!(
+        wait > Duration::from_millis(19) && wait < Duration::from_millis(21),
+        "{wait:?}"
+    );
+    // The connection opens; it counts only once alice says who she is.
+    bob.handle_open(at, ConnId(7), to, Direction::Outbound);
+    assert!(outcome(&drain(&mut bob)).is_none());
+    let iam = Control::Iam {
+        node: alice.node_id(),
+        nonce: None,
+    }
+    .to_string();
+    bob.handle_line(at, ConnId(7), &iam);
+    let done = outcome(&drain(&mut bob)).expect("an outcome");
+    assert_eq!(done.id, id);
+    assert_eq!(done.method, Some(Method::Punch));
+    assert_eq!(done.conn, Some(ConnId(7)));
+}
+
+#[test]
+fn a_punch_that_cannot_meet_falls_back_to_the_relay_which_needs_the_nonce() {
+    let now = Instant::now();
+    let alice = core(1, Role::Simultaneous);
+    let alice_unl = unl_of(&alice, NodeType::Simultaneous, "192.0.2.1", 4000);
+    let mut bob = bob(now, true);
+    let id = bob.connect_unl(now, alice_unl);
+    let (session, _) = opened(&drain(&mut bob));
+    bob.handle_session_open(now, session, addr("192.168.2.2:6000"));
+    bob.handle_session_line(now, 1000.0, session, "REMOTE TCP 31337");
+    bob.handle_session_line(now, 1000.0, session, "PREDICTION SET");
+    drain(&mut bob);
+    // No FIGHT. After the relay head start (2 s) the relay starts beside the punch.
+    let t = now + Duration::from_secs(2);
+    assert_eq!(bob.poll_timeout(), Some(t));
+    bob.handle_timeout(t);
+    let out = drain(&mut bob);
+    let (relay, server, token) = out
+        .iter()
+        .find_map(|o| match o {
+            Output::RelayDial {
+                relay,
+                server,
+                token,
+            } => Some((*relay, *server, *token)),
+            _ => None,
+        })
+        .expect("a relay dial");
+    assert_eq!(server, addr(RENDEZVOUS));
+    let body = out
+        .iter()
+        .find_map(|o| match o {
+            Output::MailboxSend { line } if line.starts_with("PUT ") => {
+                Some(line.splitn(3, ' ').nth(2).unwrap().to_owned())
+            }
+            _ => None,
+        })
+        .expect("a request in alice's mailbox");
+    let request: RelayRequest = body.parse().unwrap();
+    assert_eq!(request.relay, server);
+    assert_eq!(relay_token(&request.nonce), token);
+    // Through the relay: a peer without the right nonce is closed, and the relay try fails.
+    assert!(bob.handle_relay_open(t, relay, ConnId(9), server));
+    drain(&mut bob);
+    let wrong = Control::Iam {
+        node: alice.node_id(),
+        nonce: Some(Nonce([1; 32])),
+    };
+    bob.handle_line(t, ConnId(9), &wrong.to_string());
+    let out = drain(&mut bob);
+    assert!(outcome(&out).is_none(), "the punch is still running");
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Close { conn, .. } if *conn == ConnId(9)))
+    );
+    // At 3 s the punch gives up (no FIGHT): nothing is left, the connect fails with reasons.
+    bob.handle_timeout(now + Duration::from_secs(3));
+    let done = outcome(&drain(&mut bob)).expect("an outcome");
+    assert_eq!(done.id, id);
+    assert!(!done.connected);
+    let result = |m: Method| {
+        done.tries
+            .iter()
+            .find(|t| t.method == m)
+            .map(|t| t.result.clone())
+            .unwrap()
+    };
+    assert!(
+        matches!(result(Method::Punch), TryResult::Failed(why) if why.contains("no FIGHT")),
+        "{done:?}"
+    );
+    assert!(
+        matches!(result(Method::Relay), TryResult::Failed(why) if why.contains("nonce")),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn a_relayed_connect_wins_with_the_nonce() {
+    let now = Instant::now();
+    let alice = core(1, Role::Active);
+    let alice_unl = unl_of(&alice, NodeType::Active, "192.0.2.1", 0);
+    let mut bob = bob(now, true);
+    let id = bob.connect_unl(now, alice_unl);
+    // Nothing else can reach an active node from an active one: the relay starts at once.
+    let out = drain(&mut bob);
+    let relay = out
+        .iter()
+        .find_map(|o| match o {
+            Output::RelayDial { relay, .. } => Some(*relay),
+            _ => None,
+        })
+        .expect("a relay dial at once");
+    let body = out
+        .iter()
+        .find_map(|o| match o {
+            Output::MailboxSend { line } if line.starts_with("PUT ") => {
+                Some(line.splitn(3, ' ').nth(2).unwrap().to_owned())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let request: RelayRequest = body.parse().unwrap();
+    assert!(bob.handle_relay_open(now, relay, ConnId(9), addr(RENDEZVOUS)));
+    drain(&mut bob);
+    let iam = Control::Iam {
+        node: alice.node_id(),
+        nonce: Some(request.nonce),
+    };
+    bob.handle_line(now, ConnId(9), &iam.to_string());
+    let done = outcome(&drain(&mut bob)).expect("an outcome");
+    assert_eq!((done.id, done.method), (id, Some(Method::Relay)));
+    assert!(bob.is_relayed(ConnId(9)));
+}
+
+#[test]
+fn relay_requests_are_acted_on_only_from_their_owner_and_through_our_own_rendezvous() {
+    let now = Instant::now();
+    let mut alice = bob(now, true); // any node with a mailbox
+    let carol = core(3, Role::Active);
+    let carol_unl = unl_of(&carol, NodeType::Active, "203.0.113.3", 0);
+    let carol_id = carol.node_id().mailbox_id();
+    let refused = |out: &[Output]| {
+        out.iter().find_map(|o| match o {
+            Output::Event(Event::ReverseRequested { refused, .. }) => refused.clone(),
+            _ => None,
+        })
+    };
+    let dialed = |out: &[Output]| {
+        out.iter().find_map(|o| match o {
+            Output::RelayDial { relay, server, .. } => Some((*relay, *server)),
+            _ => None,
+        })
+    };
+    let request = |relay: &str| RelayRequest {
+        unl: carol_unl,
+        nonce: Nonce([4; 32]),
+        relay: addr(relay),
+    };
+    // Unproven sender.
+    alice.handle_mailbox_line(now, &format!("MSG 1 - {}", request(RENDEZVOUS)));
+    let out = drain(&mut alice);
+    assert!(refused(&out).unwrap().contains("did not prove"));
+    assert!(dialed(&out).is_none());
+    // A relay that is not one of our rendezvous servers: never dialed.
+    alice.handle_mailbox_line(
+        now,
+        &format!("MSG 2 {carol_id} {}", request("10.9.9.9:8000")),
+    );
+    let out = drain(&mut alice);
+    assert!(refused(&out).unwrap().contains("not one of our rendezvous"));
+    assert!(dialed(&out).is_none());
+    // The real thing: to our rendezvous, opening with carol's nonce, expecting carol.
+    alice.handle_mailbox_line(now, &format!("MSG 3 {carol_id} {}", request(RENDEZVOUS)));
+    let (relay, server): (RelayId, SocketAddr) = dialed(&drain(&mut alice)).unwrap();
+    assert!(alice.handle_relay_open(now, relay, ConnId(5), server));
+    let out = drain(&mut alice);
+    let first = out.iter().find_map(|o| match o {
+        Output::Send { conn, line } if *conn == ConnId(5) => Some(line.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        first,
+        Some(
+            Control::Iam {
+                node: alice.node_id(),
+                nonce: Some(Nonce([4; 32]))
+            }
+            .to_string()
+        )
+    );
+    // Someone else at the other end of the relay: closed.
+    let mallory = core(9, Role::Active).node_id();
+    alice.handle_line(
+        now,
+        ConnId(5),
+        &Control::Iam {
+            node: mallory,
+            nonce: None,
+        }
+        .to_string(),
+    );
+    assert!(
+        drain(&mut alice)
+            .iter()
+            .any(|o| matches!(o, Output::Close { conn, .. } if *conn == ConnId(5)))
+    );
+}
