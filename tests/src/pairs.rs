@@ -82,7 +82,14 @@ impl PairLab {
     /// also tests whether her port is reachable as it is (behind a full-cone NAT it is, once
     /// her registration opened the mapping, and she becomes passive). Without it she is told
     /// her WAN address (`--wan-ip`) and keeps the type she was given.
-    pub fn up(nat_a: NatKind, nat_b: NatKind, alice_type: &str, alice_checks: bool) -> PairLab {
+    /// `alice_extra`: more flags for alice's `p2p-node run`.
+    pub fn up(
+        nat_a: NatKind,
+        nat_b: NatKind,
+        alice_type: &str,
+        alice_checks: bool,
+        alice_extra: &[&str],
+    ) -> PairLab {
         let lab = Lab::up(&Topology::two_nats(TwoNats {
             a: nat_a,
             b: nat_b,
@@ -125,6 +132,7 @@ impl PairLab {
             );
             args.extend(["--wan-ip", wan.as_str()]);
         }
+        args.extend_from_slice(alice_extra);
         let alice = lab
             .spawn("alice", Command::new(binary("p2p-node")).args(&args))
             .expect("alice starts");

@@ -58,7 +58,7 @@ fn pair_with(
     if !preconditions() {
         return;
     }
-    let mut lab = PairLab::up(nat_a, nat_b, alice_type, alice_checks);
+    let mut lab = PairLab::up(nat_a, nat_b, alice_type, alice_checks, &[]);
     let mut times = Vec::new();
     for run in 0..runs {
         let (mut bob, outcome) = lab.connect(&[]);
