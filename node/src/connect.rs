@@ -16,7 +16,8 @@
 //! `lan` and `direct` start at once; `reverse` and `punch` start at once when there is nothing
 //! to dial, else after a head start (`reverse_head_start`, 1 s) or as soon as every dial failed,
 //! whichever comes first; `relay` starts when every other try has failed, or
-//! `relay_head_start` (2 s) after the second wave, whichever comes first (a punch that works
+//! `relay_head_start` (2 s; 0.5 s when our own NAT maps ports at random, where a punch can only
+//! meet a full-cone NAT) after the second wave, whichever comes first (a punch that works
 //! takes milliseconds; a reverse connect to a node that cannot reach us waits
 //! `reverse_timeout`, 3 s). A try wins when the
 //! peer's `IAM` names the node id in the UNL (a dial that reaches some other node fails); a

@@ -25,6 +25,8 @@ const MAILBOX_FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAILBOX_MAX_RETRY: Duration = Duration::from_mins(1);
 /// Keep-alive on the mailbox connection (the server closes idle ones after 5 min).
 const MAILBOX_PING: Duration = Duration::from_mins(2);
+/// The relay's head start when our own NAT maps ports at random (see `start_second_wave`).
+const RANDOM_NAT_RELAY_HEAD_START: Duration = Duration::from_millis(500);
 /// PUTs queued while the mailbox is down, at most.
 const MAILBOX_MAX_QUEUED: usize = 256;
 
@@ -397,7 +399,16 @@ impl Core {
                 .any(|t| t.method == m && t.result == TryResult::Pending && t.started_ms.is_none())
         };
         let (reverse, punch) = (planned(Method::Reverse), planned(Method::Punch));
-        a.relay_at = Some(now + self.config.relay_head_start);
+        // Behind a NAT that maps ports at random, a punch can only meet a full-cone NAT, and
+        // does so within one meeting delay: give the relay a shorter head start.
+        let head_start = if self.nat_mapping == Some(crate::proto::nat::NatMapping::Random) {
+            self.config
+                .relay_head_start
+                .min(RANDOM_NAT_RELAY_HEAD_START)
+        } else {
+            self.config.relay_head_start
+        };
+        a.relay_at = Some(now + head_start);
         if reverse {
             self.start_reverse(now, id);
         }
