@@ -106,7 +106,14 @@ impl PairLab {
             start_server(
                 &lab,
                 "forwarding-check",
-                &["--listen", FORWARDING_CHECK.trim_start_matches("http://")],
+                &[
+                    "--listen",
+                    FORWARDING_CHECK.trim_start_matches("http://"),
+                    // Dial-backs inside the lab answer in microseconds; a closed port (the
+                    // NAT drops the SYN) is known after this, not after the default 2 s.
+                    "--connect-timeout",
+                    "300ms",
+                ],
             ),
         ];
         let unl_file = scratch.join("alice.unl");
