@@ -532,6 +532,11 @@ fn demo_steps(
         if node.is_file() {
             check(stop)?;
             demo_nodes(lab, &node)?;
+            let dht_msg = bin_dir.join("dht-msg");
+            if dht_msg.is_file() {
+                check(stop)?;
+                demo_unl(lab, &node, &dht_msg, ntp)?;
+            }
         } else {
             println!(
                 "\n(no p2p-node binary in {}: build the workspace to see the nodes step)",
@@ -658,6 +663,87 @@ fn demo_nodes(lab: &Lab, node: &Path) -> Result<()> {
     }
     drop(peers);
     drop(hub);
+    Ok(())
+}
+
+/// Demo step: bob opens a connection to alice by her UNL: hole punching when both NATs map
+/// ports predictably, else the rendezvous relays; lines go both ways.
+fn demo_unl(lab: &Lab, node: &Path, dht_msg: &Path, ntp: bool) -> Result<()> {
+    let pub_ip = lab.addr("pub");
+    let rendezvous = format!("{pub_ip}:8000");
+    let mailbox = format!("{pub_ip}:8090");
+    let ntp_server = format!("{pub_ip}:123");
+    println!("\n== 7. bob connects to alice by her UNL (punch through both NATs, else relay)");
+    let wait = Duration::from_secs(10);
+    let dht = lab.spawn("pub", Command::new(dht_msg).args(["--listen", &mailbox]))?;
+    let started = Instant::now() + wait;
+    while !dht.stderr().contains("listening") {
+        if Instant::now() > started {
+            bail!("dht-msg did not start: {}", dht.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let unl_file = lab.state().workdir.join("alice.unl");
+    let wan = lab.public_addr("alice").to_string();
+    let mut servers = vec!["--rendezvous", &rendezvous, "--dht-msg", &mailbox];
+    if ntp {
+        servers.extend(["--ntp", &ntp_server]);
+    }
+    let mut alice_args = vec![
+        "run",
+        "--node-type",
+        "simultaneous",
+        "--wan-ip",
+        &wan,
+        "--unl-file",
+        unl_file.to_str().context("lab directory is not UTF-8")?,
+    ];
+    alice_args.extend(&servers);
+    let mut alice = lab.spawn("alice", Command::new(node).args(&alice_args))?;
+    let deadline = Instant::now() + wait;
+    let unl = loop {
+        if let Ok(text) = std::fs::read_to_string(&unl_file)
+            && !text.trim().is_empty()
+            && alice.stderr().contains("mailbox registered")
+        {
+            break text.trim().to_owned();
+        }
+        if Instant::now() > deadline {
+            bail!("alice wrote no UNL; her stderr: {}", alice.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("   alice (simultaneous, registered with the rendezvous): UNL {unl}");
+    let mut bob_args = vec!["connect", unl.as_str(), "--json", "--no-reach"];
+    bob_args.extend(&servers);
+    let mut bob = lab.spawn("bob", Command::new(node).args(&bob_args))?;
+    let outcome = bob
+        .wait_for_stdout("\"connected\":", wait)
+        .with_context(|| format!("bob got no outcome; his stderr: {}", bob.stderr()))?;
+    let value: serde_json::Value = serde_json::from_str(&outcome).unwrap_or_default();
+    if value["connected"] != serde_json::Value::Bool(true) {
+        bail!("bob could not connect: {outcome}");
+    }
+    println!(
+        "   bob: connected by {} in {} ms (bob's NAT is {}: {})",
+        value["method"].as_str().unwrap_or("?"),
+        value["ms"],
+        lab.host("bob")?.nat,
+        if value["method"] == "punch" {
+            "its ports are predictable, so both NATs were opened from inside at the same moment"
+        } else {
+            "its ports are random, so the punch cannot meet and the rendezvous splices the streams"
+        }
+    );
+    let (to_alice, to_bob) = ("hello alice, bob here", "hello bob, alice here");
+    bob.send_line(to_alice)?;
+    alice
+        .wait_for_stdout(to_alice, wait)
+        .with_context(|| format!("alice did not get bob's line: {}", alice.stderr()))?;
+    alice.send_line(to_bob)?;
+    bob.wait_for_stdout(to_bob, wait)
+        .with_context(|| format!("bob did not get alice's line: {}", bob.stderr()))?;
+    println!("   bob -> alice {to_alice:?}; alice -> bob {to_bob:?}");
     Ok(())
 }
 
