@@ -500,7 +500,7 @@ pub struct Core {
     /// Reverse-connect connections we dialed: the node id the peer must show.
     conn_expect: HashMap<ConnId, NodeId>,
     /// When we acted on recent reverse-connect requests (the rate limit's window).
-    reverse_window: VecDeque<Instant>,
+    reverse_window: VecDeque<(Instant, NodeId)>,
     /// Our NAT mapping, from the last NAT detection (used to predict punch ports).
     nat_mapping: Option<NatMapping>,
     /// Line sessions with rendezvous servers.

@@ -649,7 +649,7 @@ mod unl_connect {
         // Whoever answers there must be alice.
         bob.handle_line(now, ConnId(1), &iam(&core(9), None));
         assert_eq!(closed(&drain(&mut bob)).len(), 1);
-        // The rate limit: 16 a minute (one used above).
+        // The rate limit: 16 a minute in all, 4 per sender (one used above).
         for i in 0..20 {
             let r = crate::connect::ReverseRequest {
                 unl: Unl {
@@ -665,7 +665,30 @@ mod unl_connect {
             .iter()
             .filter(|o| matches!(o, Output::Dial { .. }))
             .count();
-        assert_eq!(dials, 15);
-        assert!(refused(&out).unwrap().contains("too many"));
+        assert_eq!(dials, 3);
+        assert!(refused(&out).unwrap().contains("limit 4 per sender"));
+        // Other senders share what is left of the 16: 12 more.
+        for k in 0..5u16 {
+            let sender = core(100 + u64::from(k));
+            let sender_id = sender.node_id().mailbox_id();
+            for i in 0..4u16 {
+                let r = crate::connect::ReverseRequest {
+                    unl: Unl {
+                        node_id: Some(sender.node_id()),
+                        port: 6000 + k * 10 + i,
+                        ..alice_unl
+                    },
+                    nonce: Nonce([6; 32]),
+                };
+                bob.handle_mailbox_line(now, &format!("MSG {} {sender_id} {r}", 100 + k * 10 + i));
+            }
+        }
+        let out = drain(&mut bob);
+        let dials = out
+            .iter()
+            .filter(|o| matches!(o, Output::Dial { .. }))
+            .count();
+        assert_eq!(dials, 12);
+        assert!(refused(&out).unwrap().contains("limit 16"));
     }
 }

@@ -1061,8 +1061,12 @@ impl Core {
             );
             return;
         }
-        if !self.reverse_allowed(now) {
-            self.reverse_refused(from, None, "too many reverse-connect requests this minute");
+        if let Err(why) = self.reverse_allowed(now, node) {
+            self.reverse_refused(
+                from,
+                None,
+                &format!("too many reverse-connect requests {why}"),
+            );
             return;
         }
         let same_wan = self
@@ -1078,7 +1082,7 @@ impl Core {
             return;
         }
         let addr = SocketAddr::from((ip, request.unl.port));
-        self.reverse_window.push_back(now);
+        self.reverse_window.push_back((now, node));
         self.reverse_dials.insert(
             addr,
             ReverseDial {
@@ -1097,16 +1101,33 @@ impl Core {
         }
     }
 
-    /// The reverse/relay rate limit: whether one more request may be acted on now.
-    fn reverse_allowed(&mut self, now: Instant) -> bool {
+    /// The reverse/relay rate limit: whether one more request from `sender` may be acted on
+    /// now: at most `max_reverse_per_minute` in all, and a quarter of that (at least one) per
+    /// sender, so that one mailbox owner cannot spend the whole budget. `Err` says which.
+    fn reverse_allowed(&mut self, now: Instant, sender: NodeId) -> Result<(), String> {
         while self
             .reverse_window
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_mins(1))
+            .is_some_and(|(t, _)| now.duration_since(*t) >= Duration::from_mins(1))
         {
             self.reverse_window.pop_front();
         }
-        self.reverse_window.len() < self.config.max_reverse_per_minute
+        let max = self.config.max_reverse_per_minute;
+        if self.reverse_window.len() >= max {
+            return Err(format!("this minute (limit {max})"));
+        }
+        let per_sender = max.div_ceil(4).max(1);
+        let from_sender = self
+            .reverse_window
+            .iter()
+            .filter(|(_, n)| *n == sender)
+            .count();
+        if from_sender >= per_sender {
+            return Err(format!(
+                "from {sender} this minute (limit {per_sender} per sender)"
+            ));
+        }
+        Ok(())
     }
 
     /// `RELAY_CONNECT` from our mailbox: meet the sender at the relay it names, if it is a
@@ -1139,11 +1160,11 @@ impl Core {
             self.reverse_refused(from, Some(request.relay), &why);
             return;
         }
-        if !self.reverse_allowed(now) {
-            self.reverse_refused(from, None, "too many relay requests this minute");
+        if let Err(why) = self.reverse_allowed(now, node) {
+            self.reverse_refused(from, None, &format!("too many relay requests {why}"));
             return;
         }
-        self.reverse_window.push_back(now);
+        self.reverse_window.push_back((now, node));
         let relay = RelayId(self.next_relay);
         self.next_relay += 1;
         self.relays.insert(
