@@ -197,7 +197,8 @@ impl Iterator for Script<'_> {
     }
 }
 
-/// Complete `\r\n`-terminated lines at the start of `out`, and how many bytes they take.
+/// Complete `\r\n`-terminated lines at the start of `out`, and how many bytes they take; a
+/// `RELAY OK` line ends them (what follows is relayed bytes).
 pub fn complete_lines(out: &[u8]) -> (Vec<String>, usize) {
     let mut lines = Vec::new();
     let mut used = 0;
@@ -213,6 +214,10 @@ pub fn complete_lines(out: &[u8]) -> (Vec<String>, usize) {
             .unwrap_or_else(|e| panic!("server sent non-UTF-8 line ({e}): {line:?}"));
         lines.push(text.to_owned());
         used += pos + 1;
+        if text == "RELAY OK" {
+            // From here on the stream carries relayed bytes, not server lines.
+            break;
+        }
     }
     (lines, used)
 }
