@@ -75,18 +75,20 @@ write("rendezvous_request", text([
     b"SOURCE TCP 40123", b"SOURCE TCP", b"CANDIDATE 203.0.113.7 TCP 50500 50501",
     b"CANDIDATE [2001:db8::1]:8000 TCP 1", b"ACCEPT 198.51.100.2 40000 40001 TCP 1700000000.25",
     b"CLEAR", b"CLEAR 50500", b"QUIT", b"FIGHT 1.2.3.4 5 TCP 1", b"CHALLENGE 1.2.3.4 5 TCP",
+    b"RELAY " + NONCE, b"RELAY " + NONCE.upper(),
     b"BOOTSTRAP +5", b"\tBOOTSTRAP\t7 ",
 ]) + structured(8))
 
 write("rendezvous_response", text([
     b"NODES p:203.0.113.7:50500 p:[2001:db8::1]:8000 ", b"NODES EMPTY", b"REMOTE TCP 40123",
-    b"PREDICTION SET", b"CHALLENGE 198.51.100.2 40000 40001 TCP",
+    b"PREDICTION SET", b"CHALLENGE 198.51.100.2 40000 40001 TCP", b"RELAY WAITING", b"RELAY OK",
     b"FIGHT 203.0.113.7 50500 TCP 1700000000.25", b"RECONNECT", b"ERROR line too long",
     b"NODES s:1.2.3.4:1", b"ERROR", b"p:203.0.113.7:50500", b"s:[2001:db8::1]:8000",
 ]) + structured(8))
 
 write("unl", text([
-    UNL, b"  " + UNL + b"\n", b"REVERSE_CONNECT:" + UNL + b":" + NONCE, b"tAjmu8mHPHFVDJ8t7pK8",
+    UNL, b"  " + UNL + b"\n", b"REVERSE_CONNECT:" + UNL + b":" + NONCE,
+    b"RELAY_CONNECT:" + UNL + b":" + NONCE + b":11.0.0.2:8000", b"tAjmu8mHPHFVDJ8t7pK8",
     UNL[:-1] + b"A",
 ]) + [b"\x01" + bytes.fromhex(UNL_HEX)] + structured(6))
 
@@ -150,6 +152,9 @@ write("forwarding_check_request", [
 
 NODE = b"10.0.0.2"
 write("rendezvous_server", [
+    open_(2) + data(2, b"RELAY " + NONCE + b"\r\nearly bytes\n") + open_(3)
+    + data(3, b"RELAY " + NONCE + b"\r\n\xff raw\x00") + read(2) + read(3)
+    + data(2, b"more\r\n") + read(3),
     open_(2) + data(2, b"SIMULTANEOUS READY 0 0\r\n") + open_(3)
     + data(3, b"CANDIDATE 10.0.0.2 TCP 5000 5001\r\n") + read(2) + read(3)
     + data(2, b"ACCEPT 10.0.0.3 6000 6001 TCP 1000000000.5\r\n") + read(3),

@@ -1,5 +1,6 @@
 //! UNLs (`node::unl::Unl`, 52 base64 characters), the node ids inside them, and the
-//! `REVERSE_CONNECT:<UNL>:<nonce>` requests a node reads from its mailbox (anyone may post one).
+//! `REVERSE_CONNECT:<UNL>:<nonce>` and `RELAY_CONNECT:<UNL>:<nonce>:<ip:port>` requests a node
+//! reads from its mailbox (anyone may post one).
 //!
 //! Mode 0: the rest is text. A UNL that parses encodes back to exactly the (trimmed) text (the
 //! decoder is strict, so there is one text per UNL); a reverse request that parses re-encodes to
@@ -13,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use node::connect::ReverseRequest;
+use node::connect::{RelayRequest, ReverseRequest};
 use node::proto::overlay::Nonce;
 use node::unl::{Forwarding, NODE_ID_BYTES, NatType, NodeId, NodeType, Unl};
 
@@ -46,6 +47,9 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(req) = text.parse::<ReverseRequest>() {
                 assert_eq!(req.to_string().parse::<ReverseRequest>(), Ok(req));
             }
+            if let Ok(req) = text.parse::<RelayRequest>() {
+                assert_eq!(req.to_string().parse::<RelayRequest>(), Ok(req));
+            }
             if let Ok(id) = text.parse::<NodeId>() {
                 assert_eq!(id.as_bytes(), text.as_bytes());
                 assert_eq!(NodeId::from_bytes(*id.raw()), Some(id));
@@ -70,6 +74,15 @@ fuzz_target!(|data: &[u8]| {
                 nonce: Nonce(nonce),
             };
             assert_eq!(req.to_string().parse::<ReverseRequest>(), Ok(req));
+            let (Ok(ip), Ok(port)) = (u.arbitrary::<u32>(), u.arbitrary::<u16>()) else {
+                return;
+            };
+            let relay = RelayRequest {
+                unl: x,
+                nonce: Nonce(nonce),
+                relay: std::net::SocketAddr::from((Ipv4Addr::from(ip), port)),
+            };
+            assert_eq!(relay.to_string().parse::<RelayRequest>(), Ok(relay));
         }
     }
 });
