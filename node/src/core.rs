@@ -655,7 +655,7 @@ impl Core {
             self.bootstrap.next_at,
             self.advertise.next_at,
             self.unl_timeout(),
-            self.punch_timeout(),
+            self.punch_next_timer(),
         ]
         .into_iter()
         .flatten()

@@ -1046,11 +1046,7 @@ impl Net {
         let token = self.token();
         let id = ConnId(token.0 as u64);
         let _ = stream.set_nodelay(true);
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = self.register(&mut stream, token) {
             warn!(%addr, error = %e, "cannot register connection");
             return;
         }
@@ -1078,30 +1074,47 @@ impl Net {
     }
 
     fn start_dial(&mut self, now: Instant, addr: SocketAddr) {
-        match TcpStream::connect(addr) {
-            Ok(mut stream) => {
-                let token = self.token();
-                if let Err(e) = self.poll.registry().register(
-                    &mut stream,
-                    token,
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
-                    self.core.handle_dial_failed(now, addr, &e.to_string());
-                    return;
-                }
-                debug!(%addr, "dialing");
-                self.dials.insert(
-                    token,
-                    Dial {
-                        addr,
-                        stream,
-                        deadline: now + self.config.connect_timeout,
-                        direction: Direction::Outbound,
-                    },
-                );
+        debug!(%addr, "dialing");
+        let stream = TcpStream::connect(addr).map_err(|e| e.to_string());
+        let deadline = now + self.config.connect_timeout;
+        self.track_dial(now, addr, stream, deadline, Direction::Outbound);
+    }
+
+    /// Watches a connect in flight until it finishes or `deadline` passes; a connect that
+    /// could not even start is reported as failed at once.
+    fn track_dial(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        stream: Result<TcpStream, String>,
+        deadline: Instant,
+        direction: Direction,
+    ) {
+        let token = self.token();
+        let registered = stream.and_then(|mut stream| {
+            self.register(&mut stream, token)
+                .map(|()| stream)
+                .map_err(|e| e.to_string())
+        });
+        match registered {
+            Ok(stream) => {
+                let dial = Dial {
+                    addr,
+                    stream,
+                    deadline,
+                    direction,
+                };
+                self.dials.insert(token, dial);
             }
-            Err(e) => self.core.handle_dial_failed(now, addr, &e.to_string()),
+            Err(e) => self.core.handle_dial_failed(now, addr, &e),
         }
+    }
+
+    /// Registers a stream for reading and writing under `token`.
+    fn register(&self, stream: &mut TcpStream, token: Token) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(stream, token, Interest::READABLE | Interest::WRITABLE)
     }
 
     fn finish_dial(&mut self, now: Instant, token: Token) {
@@ -1149,11 +1162,7 @@ impl Net {
             }
         };
         let token = self.token();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = self.register(&mut stream, token) {
             self.core.handle_query_done(now, id, Err(e.to_string()));
             return;
         }
@@ -1460,11 +1469,7 @@ impl Net {
             None => TcpStream::connect(server)?,
         };
         let token = self.token();
-        self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        self.register(&mut stream, token)?;
         Ok(LineLink::new(
             token,
             server,
@@ -1567,33 +1572,10 @@ impl Net {
         }
         for p in due {
             let late = now.saturating_duration_since(p.at);
-            match connect_from(punch_ip(self.config.bind), p.from_port, p.addr) {
-                Ok(mut stream) => {
-                    let token = self.token();
-                    if let Err(e) = self.poll.registry().register(
-                        &mut stream,
-                        token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        self.core.handle_dial_failed(now, p.addr, &e.to_string());
-                        continue;
-                    }
-                    debug!(addr = %p.addr, from_port = p.from_port, late_us = late.as_micros(), "punch dial");
-                    self.dials.insert(
-                        token,
-                        Dial {
-                            addr: p.addr,
-                            stream,
-                            deadline: now + p.timeout,
-                            direction: p.direction,
-                        },
-                    );
-                }
-                Err(e) => {
-                    let reason = format!("cannot dial from port {}: {e}", p.from_port);
-                    self.core.handle_dial_failed(now, p.addr, &reason);
-                }
-            }
+            debug!(addr = %p.addr, from_port = p.from_port, late_us = late.as_micros(), "punch dial");
+            let stream = connect_from(punch_ip(self.config.bind), p.from_port, p.addr)
+                .map_err(|e| format!("cannot dial from port {}: {e}", p.from_port));
+            self.track_dial(now, p.addr, stream, now + p.timeout, p.direction);
         }
         self.apply_outputs(now);
     }
@@ -1687,11 +1669,7 @@ impl Net {
         let token = self.token();
         let id = ConnId(token.0 as u64);
         let _ = stream.set_nodelay(true);
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = self.register(&mut stream, token) {
             self.core.handle_relay_failed(now, relay, &e.to_string());
             return;
         }
@@ -1700,14 +1678,10 @@ impl Net {
             self.conns[i].framer.push(rest);
         }
         if self.core.handle_relay_open(now, relay, id, server)
-            && let Some(&i) = self.index.get(&id)
+            && let (Some(&i), Some(direction)) = (self.index.get(&id), self.core.direction_of(id))
         {
             // The core decides the logical direction; keep the record in step.
-            self.conns[i].direction = if self.core.direction_of(id) == Some(Direction::Inbound) {
-                Direction::Inbound
-            } else {
-                Direction::Outbound
-            };
+            self.conns[i].direction = direction;
         }
         self.apply_outputs(now);
         self.read_conn(now, id, true);

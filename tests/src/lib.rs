@@ -5,6 +5,7 @@
 
 pub mod hostile;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use node::{Config, Net};
@@ -52,4 +53,48 @@ pub fn take_lines(net: &mut Net) -> Vec<String> {
     net.connections()
         .flat_map(|c| c.lines().collect::<Vec<_>>())
         .collect()
+}
+
+/// `target/<profile>/NAME` (a binary of the workspace), from a test (`target/<profile>/deps`)
+/// or a bench binary (`target/<profile>`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let mut dir = exe.parent().expect("a directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("the profile directory");
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not built: run `cargo test --workspace` (or `cargo build --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// Whether a netns lab test can run: root and every tool in `tools`. Otherwise it is skipped
+/// with a message, or fails when `CI` is set (CI must run it).
+pub fn lab_preconditions(tools: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    if !netns_sim::sys::is_root() {
+        missing.push("root (run the tests with sudo)".to_owned());
+    }
+    for t in tools {
+        if netns_sim::sys::find_in_path(t).is_none() {
+            missing.push(format!(
+                "{t} (Debian package {})",
+                netns_sim::sys::package_of(t)
+            ));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("netns lab test needs: {}", missing.join(", "));
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{msg} (CI is set, so this fails)"
+    );
+    eprintln!("SKIPPED: {msg}");
+    false
 }

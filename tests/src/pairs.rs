@@ -8,27 +8,12 @@
 #![allow(clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};
+
+use crate::binary;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netns_sim::{Lab, LabChild, NatKind, Topology, TwoNats};
-
-/// `target/<profile>/NAME` next to the running test or bench binary.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    let mut dir = exe.parent().expect("a directory");
-    // Tests run from target/<profile>/deps, bench binaries from target/<profile>.
-    if dir.ends_with("deps") {
-        dir = dir.parent().expect("the profile directory");
-    }
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo test --workspace` (or `cargo build --workspace`)",
-        path.display()
-    );
-    path
-}
 
 /// Servers every node of the lab is given.
 const RENDEZVOUS: &str = "11.0.0.2:8000";

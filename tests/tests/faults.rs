@@ -12,28 +12,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use integration_tests::hostile::{LineClient, lo};
-use integration_tests::{loopback_node, take_lines, turn_all};
+use integration_tests::{binary, loopback_node, take_lines, turn_all};
 use node::testkit::ServerProcess;
 use node::{Config, Net};
-
-/// `target/<profile>/NAME`, built by `cargo test --workspace`.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
 
 /// Starts `bin --listen addr args` again on the same address (the port of a killed server can
 /// be taken again at once: std binds with `SO_REUSEADDR`); retried briefly in case the port

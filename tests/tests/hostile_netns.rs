@@ -9,36 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netns_sim::{Lab, LabChild, NatKind, Topology, TwoNats, sys};
-
-fn preconditions() -> bool {
-    if sys::is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "netns lab tests need root (CI is set, so this fails)"
-    );
-    eprintln!("SKIPPED: netns lab test needs root (run the tests with sudo)");
-    false
-}
-
-/// `target/<profile>/NAME`, built by `cargo test --workspace`.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
+use integration_tests::{binary, lab_preconditions};
+use netns_sim::{Lab, LabChild, NatKind, Topology, TwoNats};
 
 fn spawn_server(lab: &Lab, host: &str, bin: &str, args: &[&str]) -> LabChild {
     let child = lab
@@ -96,7 +71,7 @@ fn get(lab: &Lab, host: &str, server: &str, target: &str, header: Option<&str>) 
 
 #[test]
 fn per_ip_limits_see_the_nat_half_open_connections_are_reaped_and_no_third_address_is_dialed() {
-    if !preconditions() {
+    if !lab_preconditions(&[]) {
         return;
     }
     let lab = Lab::up(&Topology::two_nats(TwoNats {

@@ -4,21 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 
-/// `target/<profile>/NAME`, built by `cargo test --workspace`.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
+use integration_tests::binary;
 
 /// Whether a flag name is a limit (a cap, a rate, a timeout or a lifetime).
 fn is_limit(flag: &str) -> bool {

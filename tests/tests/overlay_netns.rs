@@ -7,36 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use netns_sim::{Lab, NatKind, Topology, TwoNats, sys};
-
-fn preconditions() -> bool {
-    if sys::is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "netns lab tests need root (CI is set, so this fails)"
-    );
-    eprintln!("SKIPPED: netns lab test needs root (run the tests with sudo)");
-    false
-}
-
-/// `target/<profile>/NAME`, built by `cargo test --workspace`.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo test --workspace` (or `cargo build -p node -p rendezvous`)",
-        path.display()
-    );
-    path
-}
+use integration_tests::{binary, lab_preconditions};
+use netns_sim::{Lab, NatKind, Topology, TwoNats};
 
 fn lab(a: NatKind, b: NatKind) -> Lab {
     Lab::up(&Topology::two_nats(TwoNats {
@@ -49,7 +24,7 @@ fn lab(a: NatKind, b: NatKind) -> Lab {
 
 #[test]
 fn alice_and_bob_behind_different_nats_flood_lines_through_the_overlay() {
-    if !preconditions() {
+    if !lab_preconditions(&[]) {
         return;
     }
     let lab = lab(NatKind::PortRestricted, NatKind::Symmetric);
@@ -123,7 +98,7 @@ fn alice_and_bob_behind_different_nats_flood_lines_through_the_overlay() {
 
 #[test]
 fn nat_type_tells_preserving_random_and_delta_apart() {
-    if !preconditions() {
+    if !lab_preconditions(&[]) {
         return;
     }
     for (kind, expected) in [

@@ -21,26 +21,15 @@
 
 use std::time::Duration;
 
+use integration_tests::lab_preconditions;
 use integration_tests::pairs::{Outcome, PairLab};
-use netns_sim::{NatKind, sys};
+use netns_sim::NatKind;
 
 /// How often each punch pair is run.
 const PUNCH_RUNS: usize = 10;
 /// How often each relay pair is run (behind a port-restricted NAT the relay waits 0.5 s for
 /// a punch that cannot meet).
 const RELAY_RUNS: usize = 4;
-
-fn preconditions() -> bool {
-    if sys::is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "netns lab tests need root (CI is set, so this fails)"
-    );
-    eprintln!("SKIPPED: netns lab test needs root (run the tests with sudo)");
-    false
-}
 
 /// Runs the pair `runs` times; each run must connect by `method` and carry a line each way.
 fn pair(nat_a: NatKind, nat_b: NatKind, alice_type: &str, method: &str, runs: usize) {
@@ -55,7 +44,7 @@ fn pair_with(
     method: &str,
     runs: usize,
 ) {
-    if !preconditions() {
+    if !lab_preconditions(&[]) {
         return;
     }
     let mut lab = PairLab::up(nat_a, nat_b, alice_type, alice_checks, &[]);

@@ -9,53 +9,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netns_sim::{Lab, LabChild, MappingProtocols, NatKind, Topology, TwoNats, sys};
+use integration_tests::{binary, lab_preconditions};
+use netns_sim::{Lab, LabChild, MappingProtocols, NatKind, Topology, TwoNats};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(10);
 /// alice's listening port (also the external port asked of the router).
 const PORT: &str = "50500";
-
-/// Root and every tool present; else skip (or fail under `CI`).
-fn preconditions(tools: &[&str]) -> bool {
-    let mut missing = Vec::new();
-    if !sys::is_root() {
-        missing.push("root (run the tests with sudo)".to_owned());
-    }
-    for t in tools {
-        if sys::find_in_path(t).is_none() {
-            missing.push(format!("{t} (Debian package {})", sys::package_of(t)));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("reachability lab test needs: {}", missing.join(", "));
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{msg} (CI is set, so this fails)"
-    );
-    eprintln!("SKIPPED: {msg}");
-    false
-}
-
-/// `target/<profile>/NAME`, built by `cargo test --workspace`.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo test --workspace` (or `cargo build -p node -p rendezvous \
-         -p forwarding-check`)",
-        path.display()
-    );
-    path
-}
 
 /// alice behind `a` (miniupnpd answering `mapping` when given), bob behind a
 /// port-restricted NAT.
@@ -238,7 +201,7 @@ fn router_rules(lab: &Lab) -> String {
 
 #[test]
 fn upnp_makes_alice_passive_and_bob_connects_to_her_directly_and_stop_removes_the_mapping() {
-    if !preconditions(&["miniupnpd", "upnpc", "nft"]) {
+    if !lab_preconditions(&["miniupnpd", "upnpc", "nft"]) {
         return;
     }
     let started = Instant::now();
@@ -304,7 +267,7 @@ fn upnp_makes_alice_passive_and_bob_connects_to_her_directly_and_stop_removes_th
 
 #[test]
 fn natpmp_makes_alice_passive_renews_the_lease_and_stop_removes_the_mapping() {
-    if !preconditions(&["miniupnpd", "nft"]) {
+    if !lab_preconditions(&["miniupnpd", "nft"]) {
         return;
     }
     let lab = lab(NatKind::PortRestricted, Some(MappingProtocols::Natpmp));
@@ -338,7 +301,7 @@ fn natpmp_makes_alice_passive_renews_the_lease_and_stop_removes_the_mapping() {
 
 #[test]
 fn without_miniupnpd_alice_is_not_passive_says_why_and_her_node_still_starts() {
-    if !preconditions(&["nft"]) {
+    if !lab_preconditions(&["nft"]) {
         return;
     }
     // A symmetric NAT, no miniupnpd.

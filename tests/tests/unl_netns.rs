@@ -9,32 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netns_sim::{Lab, LabChild, NatKind, Topology, TwoNats, sys};
-
-fn preconditions() -> bool {
-    if sys::is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "netns lab tests need root (CI is set, so this fails)"
-    );
-    eprintln!("SKIPPED: netns lab test needs root (run the tests with sudo)");
-    false
-}
-
-/// `target/<profile>/NAME`, built by `cargo test --workspace`.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
+use integration_tests::{binary, lab_preconditions};
+use netns_sim::{Lab, LabChild, NatKind, Topology, TwoNats};
 
 /// A scratch directory removed on drop.
 struct Scratch(PathBuf);
@@ -126,7 +102,7 @@ fn lab(a: NatKind, b: NatKind, carol: bool) -> Lab {
 
 #[test]
 fn bob_connects_direct_and_alice_connects_back_by_reverse_connect() {
-    if !preconditions() {
+    if !lab_preconditions(&[]) {
         return;
     }
     // alice has no NAT (reachable: passive); bob is behind a port-restricted NAT.
@@ -181,7 +157,7 @@ fn bob_connects_direct_and_alice_connects_back_by_reverse_connect() {
 
 #[test]
 fn a_reverse_connect_without_a_mailbox_or_to_a_dead_node_fails_with_reasons() {
-    if !preconditions() {
+    if !lab_preconditions(&[]) {
         return;
     }
     let lab = lab(NatKind::None, NatKind::PortRestricted, false);
@@ -215,7 +191,7 @@ fn a_reverse_connect_without_a_mailbox_or_to_a_dead_node_fails_with_reasons() {
 
 #[test]
 fn carol_and_alice_behind_one_nat_connect_over_the_lan() {
-    if !preconditions() {
+    if !lab_preconditions(&[]) {
         return;
     }
     let lab = lab(NatKind::PortRestricted, NatKind::PortRestricted, true);

@@ -302,7 +302,7 @@ impl Core {
         let server = self.registration_server();
         match response {
             Response::RemoteTcp { port } => {
-                let max_inbound = u32::try_from(self.config.max_inbound).unwrap_or(u32::MAX);
+                let ready = self.simultaneous_ready(port);
                 let Some(r) = self.registration.as_mut() else {
                     return;
                 };
@@ -317,7 +317,7 @@ impl Core {
                     r.retry = REGISTRATION_FIRST_RETRY;
                     let rtt = r.rtt;
                     self.config.public_port = Some(port);
-                    self.session_send(session, &Request::SimultaneousReady { port, max_inbound });
+                    self.session_send(session, &ready);
                     self.out.push_back(Output::Event(Event::Registration {
                         server,
                         external_port: Some(port),
@@ -330,8 +330,7 @@ impl Core {
                 // The server thinks our entry is stale: register again on this connection.
                 let port = self.registration.as_ref().and_then(|r| r.external_port);
                 if let Some(port) = port {
-                    let max_inbound = u32::try_from(self.config.max_inbound).unwrap_or(u32::MAX);
-                    self.session_send(session, &Request::SimultaneousReady { port, max_inbound });
+                    self.session_send(session, &self.simultaneous_ready(port));
                 }
             }
             Response::Challenge {
@@ -349,6 +348,14 @@ impl Core {
                 self.session_close(session, &why);
                 self.registration_lost(now, &why);
             }
+        }
+    }
+
+    /// `SIMULTANEOUS READY <port> <max inbound>`.
+    fn simultaneous_ready(&self, port: u16) -> Request {
+        Request::SimultaneousReady {
+            port,
+            max_inbound: u32::try_from(self.config.max_inbound).unwrap_or(u32::MAX),
         }
     }
 
@@ -712,7 +719,8 @@ impl Core {
 
     // ---- timers ----
 
-    pub(super) fn punch_timeout(&self) -> Option<Instant> {
+    /// The next timer of the registration and of candidates' punches.
+    pub(super) fn punch_next_timer(&self) -> Option<Instant> {
         let registration = self.registration.iter().flat_map(|r| {
             let down = match r.state {
                 RegistrationState::Down(at) => Some(at),

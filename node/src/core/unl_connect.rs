@@ -1049,18 +1049,9 @@ impl Core {
                 return;
             }
         };
-        let Some(node) = request.unl.node_id else {
-            self.reverse_refused(from, None, "the UNL has no node id");
+        let Some(node) = self.proven_sender(from, &request.unl) else {
             return;
         };
-        if from != Some(node.mailbox_id().as_str()) {
-            self.reverse_refused(
-                from,
-                None,
-                "the sender did not prove it owns the UNL's node id",
-            );
-            return;
-        }
         if let Err(why) = self.reverse_allowed(now, node) {
             self.reverse_refused(
                 from,
@@ -1130,6 +1121,24 @@ impl Core {
         Ok(())
     }
 
+    /// The node id of a request's UNL, if the mailbox server vouched that `from` (the sender)
+    /// owns it; else the request is refused (with an event) and `None` returned.
+    fn proven_sender(&mut self, from: Option<&str>, unl: &Unl) -> Option<NodeId> {
+        let Some(node) = unl.node_id else {
+            self.reverse_refused(from, None, "the UNL has no node id");
+            return None;
+        };
+        if from != Some(node.mailbox_id().as_str()) {
+            self.reverse_refused(
+                from,
+                None,
+                "the sender did not prove it owns the UNL's node id",
+            );
+            return None;
+        }
+        Some(node)
+    }
+
     /// `RELAY_CONNECT` from our mailbox: meet the sender at the relay it names, if it is a
     /// rendezvous server we use ourselves.
     fn handle_relay_request(&mut self, now: Instant, from: Option<&str>, body: &str) {
@@ -1140,18 +1149,9 @@ impl Core {
                 return;
             }
         };
-        let Some(node) = request.unl.node_id else {
-            self.reverse_refused(from, None, "the UNL has no node id");
+        let Some(node) = self.proven_sender(from, &request.unl) else {
             return;
         };
-        if from != Some(node.mailbox_id().as_str()) {
-            self.reverse_refused(
-                from,
-                None,
-                "the sender did not prove it owns the UNL's node id",
-            );
-            return;
-        }
         if !self.config.rendezvous.contains(&request.relay) {
             let why = format!(
                 "relay {} is not one of our rendezvous servers",

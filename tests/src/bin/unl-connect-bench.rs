@@ -10,18 +10,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use integration_tests::binary;
+use integration_tests::pairs::percentile;
 use netns_sim::{Lab, NatKind, Topology, TwoNats, sys};
-
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    let path = exe.parent().expect("a directory").join(name);
-    assert!(path.is_file(), "{} not built", path.display());
-    path
-}
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -29,19 +23,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
 }
 
 /// One `p2p-node connect` from `from` to `to`; the microseconds it measured, if it connected
