@@ -268,6 +268,66 @@ impl Drop for Attack {
     }
 }
 
+/// A greedy client: writes `burst` again and again as fast as the socket takes it, and reads
+/// (and counts) everything sent back, so that no output limit of the server applies to it.
+#[derive(Debug)]
+pub struct Greedy {
+    stream: TcpStream,
+    writer: Option<Attack>,
+    reader: Option<JoinHandle<u64>>,
+}
+
+impl Greedy {
+    /// Connects from `local` to `server` and starts writing `line` (with its terminator),
+    /// `per_burst` times per write.
+    pub fn start(
+        local: IpAddr,
+        server: SocketAddr,
+        line: &[u8],
+        per_burst: usize,
+    ) -> io::Result<Greedy> {
+        let stream = connect_from(local, server)?;
+        let mut reader = stream.try_clone()?;
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            total
+        });
+        let mut w = stream.try_clone()?;
+        let burst = line.repeat(per_burst);
+        let writer =
+            Attack::start(move |_| u64::from(w.write_all(&burst).is_ok()) * per_burst as u64);
+        Ok(Greedy {
+            stream,
+            writer: Some(writer),
+            reader: Some(reader),
+        })
+    }
+
+    /// Stops writing; returns how many lines were written.
+    pub fn stop_writing(&mut self) -> u64 {
+        self.writer.take().map_or(0, Attack::stop)
+    }
+
+    /// Stops writing, closes, and returns how many bytes were read back.
+    ///
+    /// # Panics
+    /// If the reading thread panicked.
+    pub fn close(mut self) -> u64 {
+        self.stop_writing();
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.reader
+            .take()
+            .map_or(0, |r| r.join().expect("the reader thread"))
+    }
+}
+
 /// Polls `done` every 10 ms until it is true or `timeout` passes; returns whether it became
 /// true.
 pub fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use dht_msg::{Config, RunningServer};
 use integration_tests::hostile::{
-    Attack, Latency, LineClient, closed_within, connect_from, connect_from_with, http_get, lo,
-    report, wait_for,
+    Attack, Greedy, Latency, LineClient, closed_within, connect_from, connect_from_with, http_get,
+    lo, report, wait_for,
 };
 
 const SAMPLES: usize = 20;
@@ -554,29 +554,11 @@ fn a_greedy_client_writing_as_fast_as_it_can_does_not_starve_others() {
     let mut v = Victims::start(config());
     let addr = v.addr();
     let before = v.measure();
-    let greedy = connect_from(lo(10), addr).unwrap();
-    let mut reader = greedy.try_clone().unwrap();
-    let drain = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0u64;
-        while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-        }
-        total
-    });
-    let mut w = greedy.try_clone().unwrap();
-    let attack = Attack::start(move |_| {
-        let burst = b"PING\r\n".repeat(4096);
-        u64::from(w.write_all(&burst).is_ok()) * 4096
-    });
+    let mut greedy = Greedy::start(lo(10), addr, b"PING\r\n", 4096).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let during = v.measure();
-    let pings = attack.stop();
-    let _ = greedy.shutdown(std::net::Shutdown::Both);
-    let replies = drain.join().unwrap();
+    let pings = greedy.stop_writing();
+    let replies = greedy.close();
     v.check_nothing_lost();
     report(
         "dht-msg",

@@ -18,8 +18,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use integration_tests::hostile::{
-    Attack, Latency, LineClient, closed_within, connect_from, connect_from_with, lo, report,
-    wait_for,
+    Attack, Greedy, Latency, LineClient, closed_within, connect_from, connect_from_with, lo,
+    report, wait_for,
 };
 use node::connect::ReverseRequest;
 use node::core::Event;
@@ -504,35 +504,17 @@ fn a_greedy_peer_writing_as_fast_as_it_can_does_not_starve_others() {
     let mut victim = Victim::connect(3, &node);
     let before = victim.measure();
     // Lines as fast as the socket takes them; every echo is read, so no limit applies.
-    let greedy = connect_from(lo(10), node.addr).unwrap();
-    let mut reader = greedy.try_clone().unwrap();
-    let drain = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0u64;
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-        }
-        total
-    });
-    let mut w = greedy.try_clone().unwrap();
-    let attack = Attack::start(move |_| {
-        let burst = b"flood\r\n".repeat(8192);
-        u64::from(w.write_all(&burst).is_ok()) * 8192
-    });
+    let mut greedy = Greedy::start(lo(10), node.addr, b"flood\r\n", 8192).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let during = victim.measure();
-    let lines = attack.stop();
+    let lines = greedy.stop_writing();
     assert!(
         node.events()
             .iter()
             .all(|e| !matches!(e, Event::Disconnected { .. })),
         "the greedy peer was cut off, so this measured nothing"
     );
-    let _ = greedy.shutdown(std::net::Shutdown::Both);
-    let echoed = drain.join().unwrap();
+    let echoed = greedy.close();
     report(
         "node",
         "greedy peer (lines as fast as it can, reads every echo)",

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use integration_tests::hostile::{
-    Attack, Latency, LineClient, closed_within, connect_from, connect_from_with, lo, report,
-    wait_for,
+    Attack, Greedy, Latency, LineClient, closed_within, connect_from, connect_from_with, lo,
+    report, wait_for,
 };
 use rendezvous::{Config, RunningServer};
 
@@ -463,29 +463,11 @@ fn a_greedy_client_writing_as_fast_as_it_can_does_not_starve_others() {
     let before = victim(addr);
     // Valid requests that need no reply (`CLEAR` of nothing), as fast as the socket takes
     // them; whatever comes back is read.
-    let greedy = connect_from(lo(10), addr).unwrap();
-    let mut reader = greedy.try_clone().unwrap();
-    let drain = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0u64;
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-        }
-        total
-    });
-    let mut w = greedy.try_clone().unwrap();
-    let attack = Attack::start(move |_| {
-        let burst = b"CLEAR 7\r\n".repeat(4096);
-        u64::from(w.write_all(&burst).is_ok()) * 4096
-    });
+    let mut greedy = Greedy::start(lo(10), addr, b"CLEAR 7\r\n", 4096).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let during = victim(addr);
-    let requests = attack.stop();
-    let _ = greedy.shutdown(std::net::Shutdown::Both);
-    let replied = drain.join().unwrap();
+    let requests = greedy.stop_writing();
+    let replied = greedy.close();
     report(
         "rendezvous",
         "greedy client (CLEAR requests as fast as the socket takes them)",
