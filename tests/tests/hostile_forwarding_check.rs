@@ -124,7 +124,7 @@ fn a_connection_flood_from_one_ip_gets_429_past_its_cap() {
         assert!(refused >= 12, "only {refused} of 20 refused");
         refused
     });
-    assert!(wait_for(Duration::from_secs(5), || attack.count() >= 24));
+    assert!(wait_for(Duration::from_secs(30), || attack.count() >= 24));
     let during = victim(addr);
     let refused = attack.stop();
     report(
@@ -160,7 +160,7 @@ fn oversized_and_non_utf8_heads_get_4xx_and_are_closed() {
         assert!(reply.is_empty() || reply.starts_with(want), "{reply}");
         1
     });
-    assert!(wait_for(Duration::from_secs(5), || attack.count() >= 6));
+    assert!(wait_for(Duration::from_secs(30), || attack.count() >= 6));
     let during = victim(addr);
     let cut = attack.stop();
     report(
@@ -235,7 +235,7 @@ fn connect_disconnect_churn_leaves_nothing_behind() {
         }
         1
     });
-    assert!(wait_for(Duration::from_secs(5), || attack.count() >= 2000));
+    assert!(wait_for(Duration::from_secs(30), || attack.count() >= 2000));
     let during = victim(addr);
     let churned = attack.stop();
     // No connection was leaked against the attacker's per-IP count.
@@ -291,7 +291,7 @@ fn no_request_makes_the_server_dial_a_third_address() {
         );
         1
     });
-    assert!(wait_for(Duration::from_secs(5), || attack.count() >= 60));
+    assert!(wait_for(Duration::from_secs(30), || attack.count() >= 60));
     let during = victim(addr);
     let refused = attack.stop();
     // Headers naming another client are ignored: the check dials the caller's own address.

@@ -148,7 +148,7 @@ fn a_connection_flood_is_refused_past_the_per_ip_cap_and_the_global_cap_clears_a
         std::thread::sleep(Duration::from_millis(50));
         refused
     });
-    assert!(wait_for(Duration::from_secs(3), || attack.count() > 50));
+    assert!(wait_for(Duration::from_secs(30), || attack.count() > 50));
     let during = victim(addr);
     let refused = attack.stop();
     report(
@@ -216,7 +216,7 @@ fn oversized_and_non_utf8_lines_cut_off_only_their_sender() {
         }
         u64::from(c.closed_within(Duration::from_secs(3)))
     });
-    assert!(wait_for(Duration::from_secs(5), || attack.count() >= 4));
+    assert!(wait_for(Duration::from_secs(30), || attack.count() >= 4));
     let during = victim(addr);
     let cut = attack.stop();
     report(
@@ -306,7 +306,7 @@ fn connect_disconnect_churn_leaves_nothing_behind() {
         drop(s);
         1
     });
-    assert!(wait_for(Duration::from_secs(5), || attack.count() >= 2000));
+    assert!(wait_for(Duration::from_secs(30), || attack.count() >= 2000));
     let during = victim(addr);
     let churned = attack.stop();
     // Every churned connection is forgotten (once the server has read the last closes): the
@@ -375,7 +375,7 @@ fn forged_fight_challenge_and_accept_reach_nobody() {
         }
         1
     });
-    assert!(wait_for(Duration::from_secs(3), || attack.count() >= 20));
+    assert!(wait_for(Duration::from_secs(30), || attack.count() >= 20));
     let during = victim(addr);
     let rounds = attack.stop();
 
