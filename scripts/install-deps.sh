@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the NAT lab (netns-sim) and its tests need. Run as root.
+# Installs the Debian packages the NAT lab (netns-sim) and the tests need. Run as root.
+# redis-server: the scale-out tests start their own (on a unix socket); Debian's service is
+# not needed and, where policy-rc.d allows it, may start on 6379 without harm.
 # chrony is unpacked under /opt/p2p-lab/chrony instead of installed: installing Debian's chrony
 # package would replace systemd-timesyncd and could touch the host clock. The lab only ever
 # runs it as `chronyd -x` (never sets the clock).
@@ -11,7 +13,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-  iproute2 iptables nftables conntrack miniupnpd miniupnpc natpmpc procps >/dev/null
+  iproute2 iptables nftables conntrack miniupnpd miniupnpc natpmpc procps redis-server >/dev/null
 chrony_root=/opt/p2p-lab/chrony
 if [ ! -x "$chrony_root/usr/sbin/chronyd" ]; then
   mkdir -p "$chrony_root"

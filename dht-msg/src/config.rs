@@ -35,6 +35,15 @@ pub struct Config {
     pub register_rate_per_ip: f64,
     /// Registrations one IP may make in a burst.
     pub register_burst_per_ip: u32,
+    /// Sustained signed registrations (`REGISTER_KEY`) per second by one key, whatever the
+    /// IP it comes from.
+    pub register_rate_per_key: f64,
+    /// Signed registrations one key may make in a burst.
+    pub register_burst_per_key: u32,
+    /// The server's name in a `CHALLENGE` (`host:port`, as clients dial it; signed by the
+    /// client, so a proof made for this server is worthless to another). `None`: the address
+    /// each client dialed (`ip:port`, `[v6]:port`).
+    pub name: Option<String>,
     /// Close a connection after this long without a complete line (subscribers too: clients
     /// send `PING` to stay connected).
     pub idle_timeout: Duration,
@@ -49,6 +58,9 @@ pub struct Config {
     /// Where mailboxes and pending messages are kept across restarts (a redb database);
     /// `None` keeps everything in memory only.
     pub data_dir: Option<PathBuf>,
+    /// A Redis URL (`redis://HOST:PORT`, `redis+unix:///PATH`) shared with other instances
+    /// (see [`crate::shared`]); `None`: this instance alone (memory or `data_dir`).
+    pub backend: Option<String>,
 }
 
 impl Default for Config {
@@ -67,11 +79,15 @@ impl Default for Config {
             put_burst_per_ip: 200,
             register_rate_per_ip: 1.0,
             register_burst_per_ip: 20,
+            register_rate_per_key: 1.0,
+            register_burst_per_key: 10,
+            name: None,
             idle_timeout: Duration::from_mins(5),
             max_output_bytes: 1024 * 1024,
             max_bad_lines: 16,
             max_list_wait: Duration::from_secs(30),
             data_dir: None,
+            backend: None,
         }
     }
 }
@@ -95,6 +111,16 @@ impl Config {
         if self.max_message_bytes == 0 {
             return Err("max_message_bytes must be at least 1".into());
         }
+        if let Some(name) = &self.name {
+            let line = format!("CHALLENGE {name} {}", "0".repeat(64));
+            if line.parse::<wire::signal::RegisterChallenge>().is_err() {
+                return Err(format!(
+                    "name {name:?} is not a server name: 1..={} characters of \
+                     [A-Za-z0-9.:[]-], e.g. mailbox.example.net:8090 or [2001:db8::2]:8090",
+                    wire::signal::MAX_SERVER_NAME_BYTES
+                ));
+            }
+        }
         let list_bytes = self.max_mailbox_bytes
             + self.max_messages_per_mailbox * MSG_LINE_OVERHEAD_BYTES
             + MSG_LINE_OVERHEAD_BYTES;
@@ -117,6 +143,31 @@ pub const MSG_LINE_OVERHEAD_BYTES: usize = 96;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_name_must_fit_a_challenge() {
+        for good in [
+            "mailbox.example.net:8090",
+            "[2001:db8::2]:8090",
+            "192.0.2.1:8090",
+        ] {
+            let config = Config {
+                name: Some(good.into()),
+                ..Config::default()
+            };
+            assert_eq!(config.validate(), Ok(()), "{good}");
+        }
+        let err = Config {
+            name: Some("has space".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.starts_with("name \"has space\" is not a server name"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn defaults_are_consistent_and_a_tiny_output_cap_is_refused() {

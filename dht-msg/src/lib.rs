@@ -3,13 +3,19 @@
 //! moment they arrive, on one persistent connection, instead of polling.
 //!
 //! ```text
-//!   sockets ──readiness──▶ driver (mio) ──handle_*(now, ..)──▶ Core (sans-IO)
-//!          ◀──write/close──    │          ◀──poll_action()────
-//!                              └── redb ◀──poll_store()─────── (group commit, before replies)
+//!   dht-msg (Core + Store + Config + main) ──▶ server-kit (the mio driver) ──▶ wire (protocols)
+//!
+//!   sockets ──readiness──▶ server_kit::Server ──handle_*(now, ..)──▶ Core (sans-IO)
+//!          ◀──write/close──        │             ◀──poll_action()────
+//!                                  └─ commit ──▶ redb ◀──poll_store()── (group commit, before replies)
 //! ```
 //! [`core::Core`] holds every rule and takes time as an argument, so it is tested in virtual
-//! time; [`Server`] is the thin mio loop (one thread, no thread per connection); [`store`] keeps
-//! mailboxes and pending messages in a redb database when a data directory is given.
+//! time; [`Server`] is the server kit's mio loop (one thread, no thread per connection)
+//! driving [`serve::Mailboxes`] (the core plus its store); [`store`] keeps mailboxes and
+//! pending messages in a redb database when a data directory is given. Accepting, reading,
+//! flushing and closing are the kit's: after an HTTP answer or a last `ERROR` the connection
+//! lingers until the client closes, so a client whose request was larger than the server read
+//! still gets the answer (a 431 to a 200 KB request) instead of a reset.
 //!
 //! # Rules
 //! - A node **registers** a node id (its mailbox) with a secret. The server keeps only
@@ -25,9 +31,17 @@
 //! - A full mailbox (count or bytes), a full server or a rate limit **refuses** the new message
 //!   with a reason; older messages are never dropped to make room.
 //! - Wrong secrets use up the IP's registration budget (default 20, then 1 per second).
+//! - A node with an Ed25519 key **registers by signing** a challenge instead (`CHALLENGE`,
+//!   then `REGISTER_KEY <public key> <signature>`; see [`wire::mailbox`]): its mailbox is named
+//!   after the key, no secret is stored, and no secret ever opens it (a key claims a mailbox
+//!   of its name registered with a secret). The challenge names the server (`--name`, else
+//!   the address the client dialed) and a fresh nonce; a proof for another challenge or
+//!   server name, a forged key, a replay or a `REGISTER_KEY` without a challenge is refused
+//!   with an `ERROR` saying which (see `core::keys`). Failed proofs spend the IP's budget,
+//!   successful ones the key's (`--register-rate-per-key`).
 //!
 //! # Line protocol (TCP, one message per line, `\r\n`; a bare `\n` is accepted)
-//! See [`wire`] for the grammar and the parser both sides share. A session:
+//! See [`wire::mailbox`] for the grammar and the parser both sides share. A session:
 //! ```text
 //! > REGISTER 74416a6d75386d4850484656444a387437704b38 3ZmV9u8qL0pXx1sWcRkYbN2aTgHj4e
 //! < OK REGISTERED 74416a6d75386d4850484656444a387437704b38 NEW
@@ -39,6 +53,13 @@
 //! < OK ACK 1
 //! > PING
 //! < PONG
+//! ```
+//! With a key instead of a secret:
+//! ```text
+//! > CHALLENGE
+//! < CHALLENGE [2001:db8::2]:8090 6b1f0c…(64 hex)
+//! > REGISTER_KEY <public key: 43 base64url> <signature: 86 base64url>
+//! < OK REGISTERED 3a7c…(40 hex, the key's mailbox name) NEW
 //! ```
 //! Replies come in request order; `MSG` lines (pushes) may come between them at any time. Every
 //! refusal or malformed line gets `ERROR <reason>` and the connection stays open, except for a
@@ -70,19 +91,24 @@
 //! ```no_run
 //! use dht_msg::{Config, Server};
 //!
-//! let server = Server::bind("0.0.0.0:8090".parse().unwrap(), Config::default())?;
+//! let server = Server::bind("[::]:8090".parse().unwrap(), Config::default())?;
 //! let stop = server.shutdown_handle(); // call stop.shutdown() from another thread
 //! server.run()?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod cli;
 pub mod config;
 pub mod core;
-mod driver;
+mod metrics;
+pub mod serve;
+pub mod shared;
 pub mod store;
-/// The mailbox line protocol; it lives in [`node::proto::mailbox`] so nodes share the parser.
-pub use node::proto::mailbox as wire;
 
 pub use config::Config;
-pub use driver::{RunningServer, Server};
-pub use node::server::ShutdownHandle;
+pub use server_kit::ShutdownHandle;
+
+/// A mailbox server bound to a listener, ready to [`run`](Server::run).
+pub type Server = server_kit::Server<serve::Mailboxes>;
+/// A mailbox server running on its own thread; stopped and joined on drop.
+pub type RunningServer = server_kit::RunningServer<serve::Mailboxes>;

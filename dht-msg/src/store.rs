@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable, TableDefinition};
 use thiserror::Error;
 
-use crate::core::{MailboxRecord, MessageRecord, StoreOp};
-use crate::wire::{MessageId, NodeId};
+use crate::core::{MailboxRecord, MessageRecord, Owner, StoreOp};
+use wire::mailbox::{MessageId, NodeId};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// node id → (secret hash, last seen Unix ms, network id, IP or "", port)
+/// node id → (owner: 32-byte secret hash or `K` + 32-byte key, last seen Unix ms, network
+/// id, IP or "", port)
 const MAILBOXES: TableDefinition<&str, (&[u8], u64, &str, &str, u16)> =
     TableDefinition::new("mailboxes");
 /// message id → (recipient, sender or "", body, expiry Unix ms)
@@ -131,9 +132,8 @@ impl Store {
                     .value()
                     .parse()
                     .map_err(|e| corrupt(format!("mailbox key: {e}")))?;
-                let secret_hash: [u8; 32] = hash
-                    .try_into()
-                    .map_err(|_| corrupt(format!("secret hash of {node_id} is not 32 bytes")))?;
+                let owner = Owner::from_stored(hash)
+                    .map_err(|e| corrupt(format!("owner of {node_id}: {e}")))?;
                 let ip = if ip.is_empty() {
                     None
                 } else {
@@ -144,7 +144,7 @@ impl Store {
                 };
                 snapshot.mailboxes.push(MailboxRecord {
                     node_id,
-                    secret_hash,
+                    owner,
                     last_seen_unix_ms,
                     network_id: network_id.to_string(),
                     ip,
@@ -206,11 +206,12 @@ impl Store {
                 match op {
                     StoreOp::PutMailbox(m) => {
                         let ip = m.ip.map(|ip| ip.to_string()).unwrap_or_default();
+                        let owner = m.owner.to_stored();
                         mailboxes
                             .insert(
                                 m.node_id.as_str(),
                                 (
-                                    m.secret_hash.as_slice(),
+                                    owner.as_slice(),
                                     m.last_seen_unix_ms,
                                     m.network_id.as_str(),
                                     ip.as_str(),
@@ -269,7 +270,7 @@ mod tests {
         let bob: NodeId = "bob".parse().unwrap();
         let mailbox = MailboxRecord {
             node_id: bob.clone(),
-            secret_hash: [1; 32],
+            owner: Owner::Secret([1; 32]),
             last_seen_unix_ms: 42,
             network_id: "default".into(),
             ip: Some("127.0.0.1".parse().unwrap()),

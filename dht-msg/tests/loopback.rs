@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dht_msg::wire::Reply;
 use dht_msg::{Config, RunningServer};
-use node::testkit::ServerProcess;
-use socket2::{Domain, Socket, Type};
+use server_kit::testkit::{LineClient as Client, ServerProcess};
+use wire::mailbox::Reply;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -18,63 +17,15 @@ fn start(config: Config) -> RunningServer {
     RunningServer::start("127.0.0.1:0".parse().unwrap(), config).unwrap()
 }
 
-struct Client {
-    reader: BufReader<TcpStream>,
-    stream: TcpStream,
-}
-
-impl Client {
-    /// Connects from a chosen loopback address, so tests can play several IPs.
-    fn from(ip: &str, server: SocketAddr) -> Client {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        let local: SocketAddr = format!("{ip}:0").parse().unwrap();
-        socket.bind(&local.into()).unwrap();
-        socket.connect_timeout(&server.into(), DEADLINE).unwrap();
-        Client::wrap(socket.into())
-    }
-
-    fn wrap(stream: TcpStream) -> Client {
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            stream,
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        self.stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .unwrap();
-    }
-
-    fn recv(&mut self) -> String {
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line).unwrap();
-        assert!(n > 0, "server closed the connection");
-        assert!(line.ends_with("\r\n"), "lines end in CRLF: {line:?}");
-        line.trim_end_matches("\r\n").to_string()
-    }
-
-    fn ask(&mut self, line: &str) -> String {
-        self.send(line);
-        self.recv()
-    }
-
-    fn register(ip: &str, server: SocketAddr, node_id: &str, secret: &str) -> Client {
-        let mut c = Client::from(ip, server);
-        let reply = c.ask(&format!("REGISTER {node_id} {secret}"));
-        assert!(
-            reply.starts_with(&format!("OK REGISTERED {node_id} ")),
-            "{reply}"
-        );
-        c
-    }
-
-    /// True once the server has closed the connection (EOF), within the deadline.
-    fn is_closed(&mut self) -> bool {
-        let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).is_ok()
-    }
+/// A client from `ip` that registered `node_id` with `secret`.
+fn register(ip: &str, server: SocketAddr, node_id: &str, secret: &str) -> Client {
+    let mut c = Client::from(ip, server);
+    let reply = c.ask(&format!("REGISTER {node_id} {secret}"));
+    assert!(
+        reply.starts_with(&format!("OK REGISTERED {node_id} ")),
+        "{reply}"
+    );
+    c
 }
 
 /// One HTTP GET on its own connection; returns the whole response.
@@ -96,9 +47,9 @@ fn body(response: &str) -> &str {
 #[test]
 fn a_message_is_pushed_to_the_subscriber_without_polling() {
     let server = start(Config::default());
-    let mut bob = Client::register("127.0.0.2", server.addr(), "bob", "s3cret");
+    let mut bob = register("127.0.0.2", server.addr(), "bob", "s3cret");
     assert_eq!(bob.ask("SUBSCRIBE"), "OK SUBSCRIBED 0");
-    let mut alice = Client::register("127.0.0.3", server.addr(), "alice", "pw");
+    let mut alice = register("127.0.0.3", server.addr(), "alice", "pw");
     let sent = Instant::now();
     assert_eq!(alice.ask("PUT bob REVERSE_CONNECT:unl:nonce"), "OK PUT 1");
     // Bob sends nothing: the message just arrives.
@@ -110,7 +61,7 @@ fn a_message_is_pushed_to_the_subscriber_without_polling() {
     assert_eq!(anon.ask("PUT bob second"), "OK PUT 2");
     assert_eq!(bob.recv(), "MSG 2 - second");
     drop(bob);
-    let mut bob = Client::register("127.0.0.2", server.addr(), "bob", "s3cret");
+    let mut bob = register("127.0.0.2", server.addr(), "bob", "s3cret");
     assert_eq!(bob.ask("LIST"), "MSG 2 - second");
     assert_eq!(bob.recv(), "OK LIST 1");
     match bob.ask("SUBSCRIBE").parse::<Reply>().unwrap() {
@@ -123,7 +74,7 @@ fn a_message_is_pushed_to_the_subscriber_without_polling() {
 #[test]
 fn a_wrong_secret_is_refused() {
     let server = start(Config::default());
-    let _bob = Client::register("127.0.0.2", server.addr(), "bob", "s3cret");
+    let _bob = register("127.0.0.2", server.addr(), "bob", "s3cret");
     let mut mallory = Client::from("127.0.0.9", server.addr());
     assert_eq!(
         mallory.ask("REGISTER bob guess"),
@@ -145,7 +96,7 @@ fn limits_are_enforced_with_clear_errors() {
         max_message_bytes: 100,
         ..Config::default()
     });
-    let mut bob = Client::register("127.0.0.2", server.addr(), "bob", "s3cret");
+    let mut bob = register("127.0.0.2", server.addr(), "bob", "s3cret");
     let mut c = Client::from("127.0.0.3", server.addr());
     for i in 1..=3 {
         assert_eq!(c.ask(&format!("PUT bob m{i}")), format!("OK PUT {i}"));
@@ -179,7 +130,7 @@ fn the_http_api_works_on_the_same_port() {
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert_eq!(body(&response), "success");
     // A line-protocol subscriber of the same mailbox sees HTTP puts pushed.
-    let mut owner = Client::register("127.0.0.1", server.addr(), id, "pw");
+    let mut owner = register("127.0.0.1", server.addr(), id, "pw");
     owner.ask("SUBSCRIBE");
     let response = http_get(
         server.addr(),
@@ -204,7 +155,7 @@ fn the_http_api_works_on_the_same_port() {
 #[test]
 fn malformed_input_does_not_disturb_another_client() {
     let server = start(Config::default());
-    let mut bob = Client::register("127.0.0.2", server.addr(), "bob", "s3cret");
+    let mut bob = register("127.0.0.2", server.addr(), "bob", "s3cret");
     bob.ask("SUBSCRIBE");
     let mut garbage = Vec::new();
     for i in 0..50 {
@@ -257,7 +208,7 @@ fn the_per_ip_connection_cap_refuses_with_a_reason() {
 #[test]
 fn shutdown_closes_every_connection() {
     let server = start(Config::default());
-    let mut c = Client::register("127.0.0.2", server.addr(), "bob", "s3cret");
+    let mut c = register("127.0.0.2", server.addr(), "bob", "s3cret");
     c.ask("SUBSCRIBE");
     let stats = server.stop().unwrap();
     assert!(c.is_closed());
@@ -266,7 +217,7 @@ fn shutdown_closes_every_connection() {
 
 // ----- the real binary ------------------------------------------------------------------------
 
-/// The real binary on a port it picks itself (`node::testkit`); killed when dropped.
+/// The real binary on a port it picks itself (`server_kit::testkit`); killed when dropped.
 fn spawn_binary(data_dir: Option<&PathBuf>) -> ServerProcess {
     let mut args = Vec::new();
     if let Some(dir) = data_dir {
@@ -288,8 +239,8 @@ fn temp_dir(name: &str) -> PathBuf {
 fn a_restart_with_data_dir_keeps_undelivered_messages() {
     let dir = temp_dir("restart");
     let first = spawn_binary(Some(&dir));
-    let mut bob = Client::register("127.0.0.2", first.addr(), "bob", "s3cret");
-    let mut alice = Client::register("127.0.0.3", first.addr(), "alice", "pw");
+    let mut bob = register("127.0.0.2", first.addr(), "bob", "s3cret");
+    let mut alice = register("127.0.0.3", first.addr(), "alice", "pw");
     for i in 1..=3 {
         assert_eq!(
             alice.ask(&format!("PUT bob msg {i}")),
@@ -305,7 +256,7 @@ fn a_restart_with_data_dir_keeps_undelivered_messages() {
     first.kill().unwrap();
 
     let second = spawn_binary(Some(&dir));
-    let mut bob = Client::register("127.0.0.2", second.addr(), "bob", "s3cret");
+    let mut bob = register("127.0.0.2", second.addr(), "bob", "s3cret");
     bob.send("SUBSCRIBE");
     assert_eq!(bob.recv(), "OK SUBSCRIBED 2");
     assert_eq!(bob.recv(), "MSG 2 alice msg 2");
@@ -314,7 +265,7 @@ fn a_restart_with_data_dir_keeps_undelivered_messages() {
     let mut mallory = Client::from("127.0.0.9", second.addr());
     assert!(mallory.ask("REGISTER bob guess").contains("wrong secret"));
     // New ids continue after the old ones.
-    let mut alice = Client::register("127.0.0.3", second.addr(), "alice", "pw");
+    let mut alice = register("127.0.0.3", second.addr(), "alice", "pw");
     assert_eq!(alice.ask("PUT bob msg 4"), "OK PUT 4");
     assert_eq!(bob.recv(), "MSG 4 alice msg 4");
     for i in 2..=4 {
@@ -325,7 +276,7 @@ fn a_restart_with_data_dir_keeps_undelivered_messages() {
 
     // Nothing pending any more: ids still never repeat.
     let third = spawn_binary(Some(&dir));
-    let mut alice = Client::register("127.0.0.3", third.addr(), "alice", "pw");
+    let mut alice = register("127.0.0.3", third.addr(), "alice", "pw");
     assert_eq!(alice.ask("PUT bob msg 5"), "OK PUT 5");
     drop(third);
     let _ = std::fs::remove_dir_all(&dir);
@@ -334,18 +285,18 @@ fn a_restart_with_data_dir_keeps_undelivered_messages() {
 #[test]
 fn without_data_dir_a_restart_forgets() {
     let first = spawn_binary(None);
-    let mut bob = Client::register("127.0.0.2", first.addr(), "bob", "s3cret");
+    let mut bob = register("127.0.0.2", first.addr(), "bob", "s3cret");
     assert_eq!(bob.ask("PUT bob x"), "OK PUT 1");
     drop(first);
     let second = spawn_binary(None);
-    let mut bob = Client::register("127.0.0.2", second.addr(), "bob", "other");
+    let mut bob = register("127.0.0.2", second.addr(), "bob", "other");
     assert_eq!(bob.ask("LIST"), "OK LIST 0");
 }
 
 #[test]
 fn the_binary_stops_cleanly_on_sigterm() {
     let binary = spawn_binary(None);
-    let mut c = Client::register("127.0.0.2", binary.addr(), "bob", "s3cret");
+    let mut c = register("127.0.0.2", binary.addr(), "bob", "s3cret");
     assert_eq!(c.ask("PING"), "PONG");
     let (status, log) = binary.terminate().unwrap();
     assert!(status.success(), "exit {status:?}: {log}");

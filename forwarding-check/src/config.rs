@@ -43,7 +43,7 @@ impl Default for Config {
             max_connections: 1024,
             max_connections_per_ip: 8,
             idle_timeout: Duration::from_secs(10),
-            max_head_bytes: node::http::DEFAULT_MAX_HEAD_BYTES,
+            max_head_bytes: wire::http::DEFAULT_MAX_HEAD_BYTES,
             max_tracked_ips: 100_000,
         }
     }

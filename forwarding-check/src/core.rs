@@ -15,23 +15,27 @@
 //!
 //! The dial-back address is always the connection's observed source IP; the request can only
 //! choose the port. Parameters that could name another address are refused (see
-//! [`route`]).
+//! [`route`], in the child module `route` with the response bodies).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
-use node::http::{Request, Response};
-use serde::Serialize;
+use server_kit::{Admission, Slab};
+pub use server_kit::{ConnId, Refusal};
 use tracing::{debug, info, warn};
+use wire::http::{Request, Response};
 
 use crate::config::Config;
 use crate::rate::{Limited, RateLimiter, caller_key};
+use route::{CheckReply, error, to_json};
+pub use route::{Route, Style, USAGE, route};
 
-/// How long a connection whose response is written waits for the client to close.
-pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection whose response is written waits for the client to close: the kit's
+/// linger, which this core applies itself (it half-closes after the answer and waits in its
+/// own timer), so the kit then closes at once.
+pub const LINGER_TIMEOUT: Duration = server_kit::LINGER;
 /// How often rate-limit state of callers whose buckets are full again is dropped.
 const FORGET_INTERVAL: Duration = Duration::from_secs(10);
 /// Output buffers larger than this are released when emptied.
@@ -41,22 +45,6 @@ const RETAINED_OUTPUT_BYTES: usize = 4096;
 pub const PYP2P_YES: &str = r#"{"result": "yes"}"#;
 /// See [`PYP2P_YES`].
 pub const PYP2P_NO: &str = r#"{"result": "no"}"#;
-
-/// The body of `GET /`: what this server answers.
-pub const USAGE: &str = "forwarding-check: tells you your WAN IP and whether a TCP port on it \
-is reachable from here.\n\
-\n\
-GET /v1/wan-ip                 -> {\"wan_ip\":\"<your ip>\"}\n\
-GET /v1/check?port=P           -> {\"ip\":\"<your ip>\",\"port\":P,\"proto\":\"TCP\",\"open\":true|false,\"ms\":N}\n\
-GET /net.php?action=get_wan_ip -> <your ip>   (PyP2P)\n\
-GET /net.php?action=is_port_forwarded&port=P&proto=TCP -> {\"result\": \"yes\"|\"no\"}   (PyP2P)\n\
-\n\
-Only TCP. The server connects back to the address your request comes from, never to another.\n";
-
-/// Identifies one client connection while it is open. Ids are reused after
-/// [`Core::handle_closed`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub usize);
 
 /// Identifies one dial-back. Never reused while the core lives (it counts up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,47 +100,6 @@ impl DialOutcome {
     }
 }
 
-/// Why a new connection was refused; [`Refusal::response`] is what to send before closing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// `max_connections` reached.
-    ServerFull {
-        /// The configured limit.
-        limit: usize,
-    },
-    /// `max_connections_per_ip` reached for this caller.
-    TooManyFromIp {
-        /// The caller's IP.
-        ip: IpAddr,
-        /// The configured limit.
-        limit: usize,
-    },
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::ServerFull { limit } => {
-                write!(f, "server full ({limit} connections), try again shortly")
-            }
-            Refusal::TooManyFromIp { ip, limit } => {
-                write!(f, "too many connections from {ip} (limit {limit})")
-            }
-        }
-    }
-}
-
-impl Refusal {
-    /// 503 for a full server (not the caller's fault), 429 for too many from one IP.
-    pub fn response(&self) -> Response {
-        let status = match self {
-            Refusal::ServerFull { .. } => 503,
-            Refusal::TooManyFromIp { .. } => 429,
-        };
-        Response::text(status, format!("{self}\n")).with_header("Retry-After", "1")
-    }
-}
-
 /// Counters for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -176,30 +123,19 @@ pub struct Stats {
     pub checks_open: u64,
     /// Dial-backs in progress now.
     pub checks_in_flight: usize,
+    /// Finished dial-backs by result, indexed like [`CHECK_RESULTS`].
+    pub check_results: [u64; 5],
+    /// Connections refused, by reason: the global cap, the per-IP cap.
+    pub refused_by_reason: [u64; 2],
+    /// Connections accepted since start, by the client's address family (indexed like
+    /// [`server_kit::FAMILIES`]; an IPv4 client of the dual-stack socket counts as IPv4).
+    pub accepted_by_family: [u64; 2],
+    /// Dial-backs started, by address family (a dial-back is always in the caller's family).
+    pub checks_by_family: [u64; 2],
 }
 
-/// How a request wants its answers: PyP2P's plain bodies or our JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
-    /// `text/plain` errors; PyP2P's `{"result": "yes"}` for a check.
-    Text,
-    /// `application/json` everywhere, errors as `{"error":"..."}`.
-    Json,
-}
-
-/// What a request asks for, decided by [`route`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// Answer at once with this.
-    Reply(Response),
-    /// Dial back the caller's observed IP on `port` (TCP), answer in `style`.
-    Check {
-        /// The port to try.
-        port: u16,
-        /// How to answer.
-        style: Style,
-    },
-}
+/// How dial-backs end, as metric label values, in the order of [`Stats::check_results`].
+pub const CHECK_RESULTS: [&str; 5] = ["open", "refused", "timed_out", "unreachable", "error"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -247,9 +183,8 @@ enum Timer {
 #[derive(Debug)]
 pub struct Core {
     config: Config,
-    conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    per_ip: HashMap<IpAddr, usize>,
+    conns: Slab<Conn>,
+    admission: Admission,
     checks: HashMap<CheckId, Check>,
     next_check: usize,
     limiter: RateLimiter,
@@ -269,10 +204,9 @@ impl Core {
             config.max_tracked_ips,
         );
         Core {
+            admission: Admission::new(config.max_connections, config.max_connections_per_ip),
             config,
-            conns: Vec::new(),
-            free: Vec::new(),
-            per_ip: HashMap::new(),
+            conns: Slab::default(),
             checks: HashMap::new(),
             next_check: 0,
             limiter,
@@ -292,6 +226,10 @@ impl Core {
     pub fn stats(&self) -> Stats {
         Stats {
             checks_in_flight: self.checks.len(),
+            accepted: self.admission.accepted(),
+            refused: self.admission.refused(),
+            refused_by_reason: self.admission.refused_by_reason().map(|(_, n)| n),
+            open: self.admission.open(),
             ..self.stats
         }
     }
@@ -301,21 +239,8 @@ impl Core {
     pub fn handle_open(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnId, Refusal> {
         let ip = peer.ip().to_canonical();
         let key = caller_key(ip);
-        if self.stats.open >= self.config.max_connections {
-            self.stats.refused += 1;
-            return Err(Refusal::ServerFull {
-                limit: self.config.max_connections,
-            });
-        }
-        let from_ip = self.per_ip.entry(key).or_insert(0);
-        if *from_ip >= self.config.max_connections_per_ip {
-            self.stats.refused += 1;
-            return Err(Refusal::TooManyFromIp {
-                ip,
-                limit: self.config.max_connections_per_ip,
-            });
-        }
-        *from_ip += 1;
+        self.admission.admit(ip)?;
+        self.stats.accepted_by_family[server_kit::family_index(ip)] += 1;
         let conn = Conn {
             peer,
             ip,
@@ -327,15 +252,7 @@ impl Core {
             peer_eof: false,
             closing: false,
         };
-        let id = if let Some(slot) = self.free.pop() {
-            self.conns[slot] = Some(conn);
-            ConnId(slot)
-        } else {
-            self.conns.push(Some(conn));
-            ConnId(self.conns.len() - 1)
-        };
-        self.stats.accepted += 1;
-        self.stats.open += 1;
+        let id = self.conns.insert(conn);
         self.set_deadline(id, now + self.config.idle_timeout);
         debug!(conn = id.0, %peer, "connection opened");
         Ok(id)
@@ -422,7 +339,7 @@ impl Core {
     /// The driver has closed the socket of a connection it was told to close; its id may be
     /// reused from now on.
     pub fn handle_closed(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(id.0).and_then(Option::take) else {
+        let Some(conn) = self.conns.remove(id) else {
             return;
         };
         if let Phase::Checking(check) = conn.phase
@@ -430,14 +347,7 @@ impl Core {
         {
             self.actions.push_back(Action::CancelDial(check));
         }
-        if let Some(n) = self.per_ip.get_mut(&conn.key) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_ip.remove(&conn.key);
-            }
-        }
-        self.free.push(id.0);
-        self.stats.open -= 1;
+        self.admission.release(conn.ip);
         debug!(conn = id.0, peer = %conn.peer, "connection closed");
     }
 
@@ -485,8 +395,8 @@ impl Core {
     /// Close everything: every connection (pending output flushed best effort) and every
     /// dial-back. For shutdown.
     pub fn handle_shutdown(&mut self) {
-        for i in 0..self.conns.len() {
-            self.close(ConnId(i), "server shutting down");
+        for id in self.conns.ids() {
+            self.close(id, "server shutting down");
         }
         let mut checks: Vec<CheckId> = self.checks.drain().map(|(id, _)| id).collect();
         checks.sort_unstable();
@@ -501,24 +411,17 @@ impl Core {
 
     /// Bytes waiting to be written to a connection.
     pub fn pending_output(&self, id: ConnId) -> &[u8] {
-        match self.conns.get(id.0) {
-            Some(Some(conn)) => &conn.out,
-            _ => &[],
-        }
+        self.conns.get(id).map_or(&[], |conn| &conn.out)
     }
 
     /// Every open connection.
     pub fn open_connections(&self) -> Vec<ConnId> {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.as_ref().map(|_| ConnId(i)))
-            .collect()
+        self.conns.ids()
     }
 
     fn live_conn(&mut self, id: ConnId) -> Option<&mut Conn> {
-        match self.conns.get_mut(id.0) {
-            Some(Some(conn)) if !conn.closing => Some(conn),
+        match self.conns.get_mut(id) {
+            Some(conn) if !conn.closing => Some(conn),
             _ => None,
         }
     }
@@ -598,7 +501,7 @@ impl Core {
         let Some(conn) = self.live_conn(id) else {
             return;
         };
-        let (ip, key) = (conn.ip, conn.key);
+        let (ip, key, peer) = (conn.ip, conn.key, conn.peer);
         let limit = self.config.max_concurrent_checks;
         if self.checks.len() >= limit {
             self.stats.busy += 1;
@@ -632,7 +535,14 @@ impl Core {
         }
         let check = CheckId(self.next_check);
         self.next_check = self.next_check.wrapping_add(1);
-        let addr = SocketAddr::new(ip, port);
+        // The caller's own address, in its own family; a link-local IPv6 caller keeps its
+        // interface (scope id), without which its address cannot be dialed.
+        let addr = match (ip, peer) {
+            (IpAddr::V6(v6), SocketAddr::V6(p)) => {
+                SocketAddr::V6(SocketAddrV6::new(v6, port, 0, p.scope_id()))
+            }
+            _ => SocketAddr::new(ip, port),
+        };
         let deadline = now + self.config.connect_timeout;
         self.checks.insert(
             check,
@@ -650,12 +560,20 @@ impl Core {
             conn.deadline = None;
         }
         self.stats.checks += 1;
+        self.stats.checks_by_family[server_kit::family_index(ip)] += 1;
         self.actions.push_back(Action::Dial { check, addr });
     }
 
     fn finish_check(&mut self, now: Instant, check: CheckId, c: &Check, outcome: DialOutcome) {
         let ms =
             u64::try_from(now.saturating_duration_since(c.started).as_millis()).unwrap_or(u64::MAX);
+        self.stats.check_results[match outcome {
+            DialOutcome::Connected => 0,
+            DialOutcome::Refused => 1,
+            DialOutcome::TimedOut => 2,
+            DialOutcome::Unreachable(_) => 3,
+            DialOutcome::LocalError(_) => 4,
+        }] += 1;
         let response = if let DialOutcome::LocalError(e) = outcome {
             warn!(check = check.0, addr = %c.addr, "could not run the check: {e}");
             self.stats.busy += 1;
@@ -683,8 +601,8 @@ impl Core {
             }
         };
         let still_waiting = matches!(
-            self.conns.get(c.conn.0),
-            Some(Some(conn)) if conn.phase == Phase::Checking(check)
+            self.conns.get(c.conn),
+            Some(conn) if conn.phase == Phase::Checking(check)
         );
         if still_waiting {
             self.respond(now, c.conn, &response);
@@ -692,208 +610,6 @@ impl Core {
     }
 }
 
-#[derive(Serialize)]
-struct CheckReply {
-    ip: IpAddr,
-    port: u16,
-    proto: &'static str,
-    open: bool,
-    ms: u64,
-}
-
-#[derive(Serialize)]
-struct WanIpReply {
-    wan_ip: IpAddr,
-}
-
-#[derive(Serialize)]
-struct ErrorReply<'a> {
-    error: &'a str,
-}
-
-fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"encoding: {e}\"}}"))
-}
-
-/// An error response in the request's style.
-fn error(style: Style, status: u16, message: &str) -> Response {
-    match style {
-        Style::Text => Response::text(status, format!("{message}\n")),
-        Style::Json => Response::json(status, to_json(&ErrorReply { error: message })),
-    }
-}
-
-/// Decides what a request asks for. `ip` is the caller's observed IP, the only address a
-/// check ever dials.
-///
-/// Every endpoint is `GET` (else 405) and takes only its own parameters; a parameter that
-/// could name an address (`ip`, `host`, `addr`, `target`, ... or any value that parses as an
-/// IP address) is refused with 400, as is any other unknown or repeated parameter.
-///
-/// ```
-/// use forwarding_check::core::{route, Route, Style};
-/// use node::http::Request;
-///
-/// let ip = "203.0.113.9".parse().unwrap();
-/// let req = Request::parse(b"GET /v1/check?port=8080 HTTP/1.1\r\n\r\n", 8192).unwrap();
-/// assert_eq!(route(&req, ip), Route::Check { port: 8080, style: Style::Json });
-///
-/// let req = Request::parse(b"GET /v1/check?port=22&ip=10.0.0.1 HTTP/1.1\r\n\r\n", 8192).unwrap();
-/// let Route::Reply(response) = route(&req, ip) else { panic!() };
-/// assert_eq!(response.status, 400);
-/// ```
-pub fn route(request: &Request, ip: IpAddr) -> Route {
-    let style = if request.path.starts_with("/v1/") {
-        Style::Json
-    } else {
-        Style::Text
-    };
-    match route_inner(request, ip, style) {
-        Ok(route) => route,
-        Err(response) => Route::Reply(response),
-    }
-}
-
-fn route_inner(request: &Request, ip: IpAddr, style: Style) -> Result<Route, Response> {
-    if request.method != "GET" {
-        let msg = format!(
-            "method {} not allowed: every endpoint is GET",
-            request.method
-        );
-        return Err(error(style, 405, &msg).with_header("Allow", "GET"));
-    }
-    match request.path.as_str() {
-        "/" => {
-            only_params(request, &[], ip, style)?;
-            Ok(Route::Reply(Response::text(200, USAGE)))
-        }
-        "/v1/wan-ip" => {
-            only_params(request, &[], ip, style)?;
-            Ok(Route::Reply(Response::json(
-                200,
-                to_json(&WanIpReply { wan_ip: ip }),
-            )))
-        }
-        "/v1/check" => {
-            only_params(request, &["port", "proto"], ip, style)?;
-            let port = port_param(request, style)?;
-            Ok(Route::Check { port, style })
-        }
-        "/net.php" => match request.query_param("action") {
-            Some("get_wan_ip") => {
-                only_params(request, &["action"], ip, style)?;
-                Ok(Route::Reply(Response::text(200, ip.to_string())))
-            }
-            Some("is_port_forwarded") => {
-                only_params(request, &["action", "port", "proto"], ip, style)?;
-                let port = port_param(request, style)?;
-                Ok(Route::Check { port, style })
-            }
-            Some(other) => Err(error(
-                style,
-                400,
-                &format!(
-                    "unknown action {other:?}: use action=get_wan_ip or \
-                     action=is_port_forwarded&port=P&proto=TCP"
-                ),
-            )),
-            None => Err(error(
-                style,
-                400,
-                "missing parameter `action` (get_wan_ip or is_port_forwarded)",
-            )),
-        },
-        other => Err(error(
-            style,
-            404,
-            &format!(
-                "no such endpoint: {other:?}; try /v1/wan-ip, /v1/check?port=P, \
-                 /net.php?action=get_wan_ip or /net.php?action=is_port_forwarded&port=P&proto=TCP"
-            ),
-        )),
-    }
-}
-
-/// Refuses unknown, repeated and address-naming parameters.
-fn only_params(
-    request: &Request,
-    allowed: &[&str],
-    ip: IpAddr,
-    style: Style,
-) -> Result<(), Response> {
-    for (i, (name, value)) in request.query.iter().enumerate() {
-        if allowed.contains(&name.as_str()) {
-            if request.query[..i].iter().any(|(n, _)| n == name) {
-                let msg = format!("parameter `{name}` given more than once");
-                return Err(error(style, 400, &msg));
-            }
-            continue;
-        }
-        if names_an_address(name, value) {
-            let msg = format!(
-                "refused: this server only ever connects back to the address your request \
-                 comes from ({ip}); it never dials an address named in the request \
-                 (parameter `{name}`)"
-            );
-            return Err(error(style, 400, &msg));
-        }
-        let msg = if allowed.is_empty() {
-            format!("unknown parameter `{name}`: this endpoint takes no parameters")
-        } else {
-            format!(
-                "unknown parameter `{name}`: this endpoint takes {}",
-                allowed.join(", ")
-            )
-        };
-        return Err(error(style, 400, &msg));
-    }
-    Ok(())
-}
-
-fn names_an_address(name: &str, value: &str) -> bool {
-    const WORDS: [&str; 10] = [
-        "ip", "host", "addr", "target", "dest", "dst", "remote", "server", "url", "peer",
-    ];
-    let name = name.to_ascii_lowercase();
-    WORDS.iter().any(|w| name.contains(w))
-        || name == "to"
-        || value.parse::<IpAddr>().is_ok()
-        || value.parse::<SocketAddr>().is_ok()
-}
-
-/// `port` (required, 1..=65535) and `proto` (optional, TCP only).
-fn port_param(request: &Request, style: Style) -> Result<u16, Response> {
-    match request.query_param("proto") {
-        None => {}
-        Some(p) if p.eq_ignore_ascii_case("tcp") => {}
-        Some(p) if p.eq_ignore_ascii_case("udp") => {
-            return Err(error(
-                style,
-                400,
-                "proto=UDP is not supported: a UDP probe cannot tell an open port from one that \
-                 silently drops packets, so only TCP is checked",
-            ));
-        }
-        Some(p) => {
-            let msg = format!("parameter `proto` must be TCP, got {p:?}");
-            return Err(error(style, 400, &msg));
-        }
-    }
-    let Some(text) = request.query_param("port") else {
-        return Err(error(
-            style,
-            400,
-            "missing parameter `port` (the TCP port to check, 1..=65535)",
-        ));
-    };
-    text.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0 && text.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| {
-            let msg = format!("parameter `port` must be a TCP port in 1..=65535, got {text:?}");
-            error(style, 400, &msg)
-        })
-}
-
+mod route;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,9 @@
 //!
 //! # Safety rules
 //!
-//! - It dials back **only the caller's observed source IP**. The request chooses the port and
+//! - It dials back **only the caller's observed source IP**, in the caller's family: an IPv6
+//!   caller's own IPv6 address (with its interface, for a link-local one), an IPv4 caller's
+//!   IPv4 address (also when it reached the `[::]` socket). The request chooses the port and
 //!   nothing else: a parameter that could name an address (`ip=`, `host=`, `addr=`, `target=`,
 //!   ..., or any value that is an IP address) is refused with 400, as is any unknown or
 //!   repeated parameter. So it cannot be used to scan third parties. For the same reason
@@ -44,7 +46,7 @@
 //!   dial-backs ◀─connect── (one thread)  ◀──poll_action()────  route(), rate, timers
 //! ```
 //! [`core::Core`] holds every rule (routing, limits, deadlines) and takes time as an argument,
-//! so it is tested in virtual time; HTTP heads are parsed by the shared `node::http` helper
+//! so it is tested in virtual time; HTTP heads are parsed by the shared `wire::http` helper
 //! (on `httparse`). [`Server`] is the thin mio loop: it accepts and reads clients, and starts
 //! each dial-back as a non-blocking mio `TcpStream::connect` registered for writability; the
 //! completion (`take_error()`, then `peer_addr()`) is reported to the core. The connect
@@ -55,8 +57,8 @@
 //! # Running it
 //!
 //! ```text
-//! forwarding-check --listen 0.0.0.0:8080            # defaults as above
-//! forwarding-check --listen [::]:8080 --connect-timeout 1s --checks-per-minute 20
+//! forwarding-check                                    # [::]:8080, IPv6 and IPv4, defaults as above
+//! forwarding-check --listen 0.0.0.0:8080 --connect-timeout 1s --checks-per-minute 20
 //! RUST_LOG=debug forwarding-check ...                 # one log line per connection event
 //! curl 'http://server:8080/v1/check?port=50500'
 //! ```
@@ -67,17 +69,23 @@
 //! ```no_run
 //! use forwarding_check::{Config, Server};
 //!
-//! let server = Server::bind("0.0.0.0:8080".parse().unwrap(), Config::default())?;
+//! let server = Server::bind("[::]:8080".parse().unwrap(), Config::default())?;
 //! let stop = server.shutdown_handle(); // call stop.shutdown() from another thread
 //! server.run()?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod cli;
 pub mod config;
 pub mod core;
-mod driver;
+mod metrics;
 pub mod rate;
+pub mod serve;
 
 pub use config::Config;
-pub use driver::{RunningServer, Server};
-pub use node::server::ShutdownHandle;
+pub use server_kit::ShutdownHandle;
+
+/// A forwarding-check server bound to a listener, ready to [`run`](Server::run).
+pub type Server = server_kit::Server<core::Core>;
+/// A forwarding-check server running on its own thread; stopped and joined on drop.
+pub type RunningServer = server_kit::RunningServer<core::Core>;

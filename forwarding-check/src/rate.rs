@@ -18,7 +18,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Why [`RateLimiter::take`] said no.
@@ -95,27 +95,10 @@ impl RateLimiter {
     }
 }
 
-/// The identity a caller is counted under: an IPv4 address as is (IPv4-mapped IPv6 addresses
-/// are IPv4 addresses), an IPv6 address by its /64 prefix, since one subscriber usually holds a
-/// whole /64.
-///
-/// ```
-/// use forwarding_check::rate::caller_key;
-/// let a = caller_key("2001:db8:1:2:aaaa::1".parse().unwrap());
-/// let b = caller_key("2001:db8:1:2:bbbb::9".parse().unwrap());
-/// assert_eq!(a, b);
-/// assert_eq!(a.to_string(), "2001:db8:1:2::");
-/// assert_eq!(caller_key("::ffff:192.0.2.1".parse().unwrap()).to_string(), "192.0.2.1");
-/// ```
-pub fn caller_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !u128::from(u64::MAX);
-            IpAddr::V6(Ipv6Addr::from(prefix))
-        }
-    }
-}
+/// The identity a caller is counted under: the server kit's (an IPv4 address as is, an
+/// IPv4-mapped address as its IPv4 address, an IPv6 address by its /64), shared by every
+/// server's per-IP limits.
+pub use server_kit::caller_key;
 
 #[cfg(test)]
 mod tests {

@@ -8,33 +8,12 @@ use std::time::{Duration, Instant};
 
 use forwarding_check::core::{PYP2P_NO, PYP2P_YES};
 use forwarding_check::{Config, RunningServer};
-use node::testkit::ServerProcess;
-use socket2::{Domain, Socket, Type};
+use server_kit::testkit::{ServerProcess, connect_from, exchange};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
 fn start(config: Config) -> RunningServer {
     RunningServer::start("127.0.0.1:0".parse().unwrap(), config).unwrap()
-}
-
-/// A TCP connection from a chosen loopback address.
-fn connect_from(ip: &str, server: SocketAddr) -> TcpStream {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let local: SocketAddr = format!("{ip}:0").parse().unwrap();
-    socket.bind(&local.into()).unwrap();
-    socket.connect_timeout(&server.into(), DEADLINE).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream
-}
-
-/// Sends `bytes` from `ip` and returns everything the server answers before closing.
-fn exchange(ip: &str, server: SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = connect_from(ip, server);
-    stream.write_all(bytes).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
-    String::from_utf8(answer).unwrap()
 }
 
 /// `GET target` from `ip`: (status, body).

@@ -3,6 +3,10 @@
 //! that they are reached.
 //!
 //! The input is a `p2p_fuzz::Script` of connection events from four peers on three IPs.
+//! `Other` steps of kind 1 make the client of slot `arg & 3` answer the last `CHALLENGE` it
+//! received with a real signed `REGISTER_KEY` (key number `arg >> 4`), correct or, by bit 2 of
+//! `arg`, signed for another server name; kind 2 sends that client's last proof again (a
+//! replay). So the fuzzer reaches signed registration, its refusals and key-owned mailboxes.
 //! Checked after every step: no line-protocol client is ever queued more than the output cap;
 //! every line the server sends parses as a `Reply`; every HTTP answer is one well-formed
 //! response; stored bytes and messages stay within the limits.
@@ -14,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dht_msg::Config;
 use dht_msg::core::{Action, ConnId, Core};
-use dht_msg::wire::Reply;
+use wire::key::SigningKey;
+use wire::mailbox::{Reply, Request};
+use wire::signal::{RegisterChallenge, RegisterProof};
 use libfuzzer_sys::fuzz_target;
 use p2p_fuzz::{Script, Step, assert_http_response, complete_lines, trace};
 
@@ -35,11 +41,15 @@ fn config() -> Config {
         put_burst_per_ip: 8,
         register_rate_per_ip: 1.0,
         register_burst_per_ip: 4,
+        register_rate_per_key: 1.0,
+        register_burst_per_key: 2,
+        name: None,
         idle_timeout: Duration::from_secs(5),
         max_output_bytes: 1024,
         max_bad_lines: 4,
         max_list_wait: Duration::from_secs(2),
         data_dir: None,
+        backend: None,
     }
 }
 
@@ -47,6 +57,8 @@ struct Client {
     id: ConnId,
     received: Vec<u8>,
     checked: usize,
+    /// The last `REGISTER_KEY` line this client sent.
+    last_proof: Option<String>,
 }
 
 struct World {
@@ -57,6 +69,38 @@ struct World {
 }
 
 impl World {
+    /// The client of `slot` answers its last `CHALLENGE` (see the module docs).
+    fn prove(&mut self, slot: usize, arg: u8) {
+        let Some(client) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&client.received);
+        let Some(mut challenge) = text
+            .lines()
+            .filter_map(|l| l.trim_end().parse::<RegisterChallenge>().ok())
+            .last()
+        else {
+            return;
+        };
+        if arg & 4 != 0 {
+            challenge.server.push_str("0");
+        }
+        let secret = SigningKey::from_bytes(&[1 + (arg >> 4); 32]);
+        let line = format!("{}\r\n", Request::RegisterKey(RegisterProof::sign(&secret, &challenge)));
+        client.last_proof = Some(line.clone());
+        let id = client.id;
+        self.core.handle_data(self.now, id, line.as_bytes());
+    }
+
+    /// The client of `slot` sends its last proof again.
+    fn replay(&mut self, slot: usize) {
+        if let Some(client) = &self.slots[slot]
+            && let Some(line) = client.last_proof.clone()
+        {
+            self.core.handle_data(self.now, client.id, line.as_bytes());
+        }
+    }
+
     fn slot_of(&self, id: ConnId) -> Option<usize> {
         self.slots
             .iter()
@@ -127,6 +171,7 @@ impl World {
         assert!(stats.mailboxes <= self.config.max_mailboxes);
         assert!(stats.messages <= stats.mailboxes * self.config.max_messages_per_mailbox);
         assert!(stats.open <= self.config.max_connections);
+        assert!(stats.registered <= stats.registrations.iter().sum::<u64>());
     }
 }
 
@@ -142,6 +187,7 @@ fuzz_target!(|data: &[u8]| {
         "127.0.0.3:40003".parse().unwrap_or_else(|_| unreachable!()),
         "[::1]:40004".parse().unwrap_or_else(|_| unreachable!()),
     ];
+    let local: SocketAddr = "[2001:db8::2]:8090".parse().unwrap_or_else(|_| unreachable!());
     let mut world = World {
         core: Core::new(config.clone(), [7; 32], true, now, wall),
         config,
@@ -153,12 +199,13 @@ fuzz_target!(|data: &[u8]| {
             Step::Open { peer } => {
                 let slot = usize::from(peer) % SLOTS;
                 if world.slots[slot].is_none()
-                    && let Ok(id) = world.core.handle_open(world.now, peers[slot])
+                    && let Ok(id) = world.core.handle_open(world.now, peers[slot], local)
                 {
                     world.slots[slot] = Some(Client {
                         id,
                         received: Vec::new(),
                         checked: 0,
+                        last_proof: None,
                     });
                 }
             }
@@ -177,6 +224,8 @@ fuzz_target!(|data: &[u8]| {
                 world.now += Duration::from_millis(u64::from(millis));
                 world.core.handle_timeout(world.now);
             }
+            Step::Other { kind: 1, arg } => world.prove(usize::from(arg & 3), arg),
+            Step::Other { kind: 2, arg } => world.replay(usize::from(arg & 3)),
             Step::Other { .. } => {
                 let t = world.core.poll_timeout();
                 if t > world.now {

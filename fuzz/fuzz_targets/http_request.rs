@@ -1,4 +1,4 @@
-//! HTTP request heads (`node::http::Request::parse`, `percent_decode`, `sniff`), what
+//! HTTP request heads (`wire::http::Request::parse`, `percent_decode`, `sniff`), what
 //! forwarding-check and dht-msg parse from every HTTP client, and the responses they render.
 //!
 //! Mode 0: the rest is raw bytes from a client (the first two bytes pick the head cap). The
@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use node::http::{HttpError, Request, Response, Sniff, percent_decode, sniff};
+use wire::http::{HttpError, Request, Response, Sniff, percent_decode, sniff};
 use p2p_fuzz::assert_http_response;
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.

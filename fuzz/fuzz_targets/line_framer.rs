@@ -1,4 +1,4 @@
-//! The bounded line framer (`node::proto::line`), used by the rendezvous server, dht-msg and the
+//! The bounded line framer (`wire::line`), used by the rendezvous server, dht-msg and the
 //! node on every byte a peer sends.
 //!
 //! Input: a cap (first byte), then the stream cut into pushes (each chunk is prefixed by its
@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use node::proto::line::{LineError, LineFramer};
+use wire::line::{LineError, LineFramer};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Item {

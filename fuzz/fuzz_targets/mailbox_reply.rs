@@ -1,4 +1,4 @@
-//! The dht-msg line protocol, server side (`node::proto::mailbox::Reply`): what a node parses
+//! The dht-msg line protocol, server side (`wire::mailbox::Reply`): what a node parses
 //! from its mailbox server, `MSG` lines included (their bodies come from anyone who posts).
 //!
 //! Mode 0: the rest is a line from a server; if it parses, its encoding parses to the same
@@ -9,7 +9,7 @@
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use node::proto::mailbox::{
+use wire::mailbox::{
     Delivery, MAX_ERROR_BYTES, MAX_NODE_ID_BYTES, MessageId, NodeId, Reply,
 };
 use p2p_fuzz::{as_line, assert_one_line, text_from, text_without, through_framer};
@@ -26,7 +26,7 @@ fn node_id(u: &mut Unstructured<'_>) -> Result<NodeId> {
 }
 
 fn reply(u: &mut Unstructured<'_>) -> Result<Option<Reply>> {
-    Ok(Some(match u.int_in_range(0..=7)? {
+    Ok(Some(match u.int_in_range(0..=8)? {
         0 => Reply::Registered {
             node_id: node_id(u)?,
             created: u.arbitrary()?,
@@ -59,6 +59,18 @@ fn reply(u: &mut Unstructured<'_>) -> Result<Option<Reply>> {
             })
         }
         6 => Reply::Pong,
+        7 => {
+            let port: u16 = u.arbitrary()?;
+            let server = if u.arbitrary()? {
+                format!("[2001:db8::{:x}]:{port}", u.arbitrary::<u16>()?)
+            } else {
+                format!("mailbox{}.example.net:{port}", u.arbitrary::<u8>()?)
+            };
+            Reply::Challenge(wire::signal::RegisterChallenge {
+                server,
+                nonce: wire::overlay::Nonce(u.arbitrary()?),
+            })
+        }
         _ => {
             let text: String = u.arbitrary()?;
             let reply = Reply::error(&text);

@@ -1,5 +1,6 @@
-//! The dht-msg line protocol, client side (`node::proto::mailbox::Request`): what the mailbox
-//! server parses from every line a client sends (`REGISTER`, `PUT`, `ACK`, ...).
+//! The dht-msg line protocol, client side (`wire::mailbox::Request`): what the mailbox
+//! server parses from every line a client sends (`REGISTER`, `CHALLENGE`, `REGISTER_KEY`,
+//! `PUT`, `ACK`, ...).
 //!
 //! Mode 0: the rest is a line from a client. If it parses, its encoding parses to the same
 //! value; if not, the `ERROR` reply the server sends for it is one line that parses back.
@@ -9,7 +10,7 @@
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use node::proto::mailbox::{
+use wire::mailbox::{
     MAX_ERROR_BYTES, MAX_NODE_ID_BYTES, MAX_SECRET_BYTES, MessageId, NodeId, Reply, Request,
 };
 use p2p_fuzz::{as_line, assert_one_line, text_from, text_without, through_framer};
@@ -27,7 +28,7 @@ pub fn node_id(u: &mut Unstructured<'_>) -> Result<NodeId> {
 }
 
 fn request(u: &mut Unstructured<'_>) -> Result<Option<Request>> {
-    Ok(Some(match u.int_in_range(0..=6)? {
+    Ok(Some(match u.int_in_range(0..=8)? {
         0 => {
             let printable: Vec<u8> = (0x21..=0x7e).collect();
             Request::Register {
@@ -53,6 +54,14 @@ fn request(u: &mut Unstructured<'_>) -> Result<Option<Request>> {
             id: MessageId(u.arbitrary()?),
         },
         5 => Request::Ping,
+        6 => Request::Challenge,
+        7 => {
+            let secret = wire::key::SigningKey::from_bytes(&u.arbitrary()?);
+            Request::RegisterKey(wire::signal::RegisterProof {
+                key: wire::key::PublicKey::of(&secret),
+                signature: u.arbitrary()?,
+            })
+        }
         _ => Request::Quit,
     }))
 }

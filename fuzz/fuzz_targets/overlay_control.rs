@@ -1,5 +1,5 @@
-//! The overlay's control lines between two nodes (`node::proto::overlay::Control`): the
-//! broadcast envelope `P2P/1 BCAST`, `P2P/1 HELLO` and `P2P/1 IAM`; and the seen-cache that
+//! The overlay's control lines between two nodes (`wire::overlay::Control`): the
+//! broadcast envelope `P2P/1 BCAST`, `P2P/1 HELLO`, `P2P/1 IAM` and `P2P/1 SWITCH`; and the seen-cache that
 //! stops a flood.
 //!
 //! Mode 0: the rest is a line from a peer. A control line that parses re-encodes to a line that
@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use node::proto::line::DEFAULT_MAX_LINE_BYTES;
-use node::proto::overlay::{Control, MessageId, Nonce, PeerId, SeenCache};
-use node::unl::{NODE_ID_BYTES, NodeId};
+use wire::line::DEFAULT_MAX_LINE_BYTES;
+use wire::overlay::{Control, MessageId, Nonce, PeerId, SeenCache};
+use wire::unl::{NODE_ID_BYTES, NodeId};
 use p2p_fuzz::{as_line, assert_one_line, text_without, through_framer};
 
 fn control(u: &mut Unstructured<'_>) -> Result<Option<Control>> {
-    Ok(Some(match u.int_in_range(0..=2)? {
+    Ok(Some(match u.int_in_range(0..=3)? {
         0 => Control::Hello {
             peer: PeerId(u.arbitrary()?),
             listen_port: u.arbitrary()?,
@@ -37,6 +37,9 @@ fn control(u: &mut Unstructured<'_>) -> Result<Option<Control>> {
                 },
             }
         }
+        2 => Control::Switch {
+            sent: u.arbitrary()?,
+        },
         _ => Control::Broadcast {
             id: MessageId(u.arbitrary()?),
             ttl: u.int_in_range(1..=u8::MAX)?,
@@ -110,6 +113,7 @@ fuzz_target!(|data: &[u8]| {
                 let strict = match c {
                     Control::Hello { .. } => hex(words[2]) && dec(words[3]),
                     Control::Iam { .. } => words[2..].iter().all(|w| hex(w)),
+                    Control::Switch { .. } => dec(words[2]),
                     Control::Broadcast { .. } => hex(words[2]) && dec(words[3]),
                 };
                 assert!(strict, "accepted a field outside the format: {line:?}");

@@ -1,4 +1,4 @@
-//! Rendezvous requests (`node::proto::rendezvous::Request`), what the rendezvous server parses
+//! Rendezvous requests (`wire::rendezvous::Request`), what the rendezvous server parses
 //! from every client line.
 //!
 //! Mode 0: the rest is a line from a client. If it parses, its encoding parses to the same
@@ -10,10 +10,10 @@
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use node::proto::line::DEFAULT_MAX_LINE_BYTES;
-use node::proto::rendezvous::{
-    MAX_BOOTSTRAP, MAX_PREDICTED_PORTS, MAX_TEXT_BYTES, NodeTarget, NtpTime, Proto, Request,
-    Response,
+use wire::line::DEFAULT_MAX_LINE_BYTES;
+use wire::rendezvous::{
+    Family, MAX_BOOTSTRAP, MAX_PREDICTED_PORTS, MAX_TEXT_BYTES, NodeTarget, NtpTime, Proto,
+    Request, Response,
 };
 use p2p_fuzz::{as_line, assert_one_line, ip, socket_addr, text_without, through_framer};
 
@@ -40,7 +40,7 @@ fn ntp_time(u: &mut Unstructured<'_>) -> Result<NtpTime> {
 }
 
 fn request(u: &mut Unstructured<'_>) -> Result<Request> {
-    Ok(match u.int_in_range(0..=7)? {
+    Ok(match u.int_in_range(0..=8)? {
         0 => Request::Bootstrap {
             count: u.int_in_range(1..=MAX_BOOTSTRAP)?,
             own_port: if u.arbitrary()? {
@@ -81,6 +81,15 @@ fn request(u: &mut Unstructured<'_>) -> Result<Request> {
         },
         6 => Request::Clear {
             port: u.arbitrary()?,
+        },
+        7 => Request::BootstrapFamily {
+            family: *u.choose(&[Family::Ipv4, Family::Ipv6, Family::Any])?,
+            count: u.int_in_range(1..=MAX_BOOTSTRAP)?,
+            own_port: if u.arbitrary()? {
+                Some(u.int_in_range(1..=u16::MAX)?)
+            } else {
+                None
+            },
         },
         _ => Request::Quit,
     })

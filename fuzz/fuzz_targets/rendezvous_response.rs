@@ -1,4 +1,4 @@
-//! Rendezvous replies (`node::proto::rendezvous::Response`), what a node parses from the
+//! Rendezvous replies (`wire::rendezvous::Response`), what a node parses from the
 //! rendezvous server (or from anyone pretending to be one): `NODES`, `CHALLENGE`, `FIGHT`, ...
 //!
 //! Mode 0: the rest is a line from a server; if it parses, its encoding parses to the same
@@ -9,8 +9,8 @@
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use node::proto::line::DEFAULT_MAX_LINE_BYTES;
-use node::proto::rendezvous::{
+use wire::line::DEFAULT_MAX_LINE_BYTES;
+use wire::rendezvous::{
     MAX_BOOTSTRAP, MAX_PREDICTED_PORTS, NodeEntry, NodeType, NtpTime, Proto, Response,
 };
 use p2p_fuzz::{as_line, assert_one_line, ip, socket_addr, through_framer};

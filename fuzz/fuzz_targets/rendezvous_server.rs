@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
-use node::proto::rendezvous::Response;
+use wire::rendezvous::Response;
 use p2p_fuzz::{Script, Step, complete_lines, trace};
 use rendezvous::Config;
 use rendezvous::core::{Action, ConnId, Core};

@@ -1,4 +1,4 @@
-//! UNLs (`node::unl::Unl`, 52 base64 characters), the node ids inside them, and the
+//! UNLs (`wire::unl::Unl`, 52 base64 characters), the node ids inside them, and the
 //! `REVERSE_CONNECT:<UNL>:<nonce>` and `RELAY_CONNECT:<UNL>:<nonce>:<ip:port>` requests a node
 //! reads from its mailbox (anyone may post one).
 //!
@@ -15,8 +15,8 @@ use std::net::Ipv4Addr;
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use node::connect::{RelayRequest, ReverseRequest};
-use node::proto::overlay::Nonce;
-use node::unl::{Forwarding, NODE_ID_BYTES, NatType, NodeId, NodeType, Unl};
+use wire::overlay::Nonce;
+use wire::unl::{Forwarding, NODE_ID_BYTES, NatType, NodeId, NodeType, Unl};
 
 fn unl(u: &mut Unstructured<'_>) -> Result<Unl> {
     let raw: [u8; NODE_ID_BYTES] = u.arbitrary()?;

@@ -11,7 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use arbitrary::{Result, Unstructured};
-use node::proto::line::LineFramer;
+use wire::line::LineFramer;
 
 /// Frames `line` as a sender does (`line` + `\r\n`), runs the bytes through a [`LineFramer`]
 /// with a cap of `max_line` and returns the one line that comes out, as text.

@@ -34,13 +34,27 @@
 //! # Ok::<(), netns_sim::LabError>(())
 //! ```
 
+pub mod cgnat;
+pub mod hairpin;
+pub mod ipv6;
 pub mod lab;
 pub mod nat;
 pub mod net;
 pub mod probe;
 pub mod sys;
+pub mod timeouts;
 pub mod topology;
+pub mod units;
+pub mod unsolicited;
+pub mod wan;
 
+pub use ipv6::Family;
 pub use lab::{DaemonInfo, Lab, LabChild, LabError, LabOptions, LabState, RUN_DIR};
 pub use net::Ipv4Net;
-pub use topology::{HostInfo, MappingProtocols, NatKind, Role, Topology, TopologyError, TwoNats};
+pub use timeouts::Timeouts;
+pub use topology::{
+    HostInfo, Link, LinkProfile, MappingProtocols, NatKind, Role, Router, Topology, TopologyError,
+    TwoNats, WanProfile,
+};
+pub use units::Share;
+pub use unsolicited::Unsolicited;

@@ -16,12 +16,17 @@
 //!   or by remote address + external port (restricted cone: only hosts alice contacted).
 //!
 //! With miniupnpd, a second `table inet miniupnpd` holds the hooks miniupnpd fills itself
-//! (Debian's `nft_init.sh` is broken, so the lab creates them).
+//! (Debian's `nft_init.sh` is broken, so the lab creates them). With IPv6, miniupnpd's filter
+//! rules (PCP and IGD2 pinholes) go to the home router's IPv6 firewall instead (see
+//! [`crate::ipv6`]), where its accepts come before the drop.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
+use crate::net::Ipv4Net;
+use crate::timeouts::Timeouts;
 use crate::topology::{MappingProtocols, NatKind};
+use crate::unsolicited::Unsolicited;
 
 /// Name of the WAN interface of every router.
 pub const WAN_IF: &str = "wan";
@@ -34,8 +39,27 @@ pub const SEQUENTIAL_PORTS: u16 = 1000;
 /// How long full-cone/restricted-cone mappings outlive their last outbound packet.
 pub const CONE_MAPPING_TIMEOUT_SECS: u32 = 300;
 
+/// A router's options that change its ruleset; the default changes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterRules {
+    /// The router's LAN (needed for hairpinning).
+    pub lan: Option<Ipv4Net>,
+    /// Hairpinning on (see [`crate::hairpin`]).
+    pub hairpin: bool,
+    /// The answer to unsolicited WAN packets (see [`crate::unsolicited`]).
+    pub unsolicited: Unsolicited,
+    /// Conntrack timeouts, which the cone kinds' mapping table follows (see
+    /// [`crate::timeouts`]).
+    pub timeouts: Timeouts,
+}
+
 /// The nftables script for a router with NAT `kind` and WAN address `wan`.
 pub fn router_ruleset(kind: NatKind, wan: Ipv4Addr) -> String {
+    router_ruleset_with(kind, wan, &RouterRules::default())
+}
+
+/// The nftables script for a router with NAT `kind`, WAN address `wan` and `opts`.
+pub fn router_ruleset_with(kind: NatKind, wan: Ipv4Addr, opts: &RouterRules) -> String {
     let mut s = String::from("table ip netns_sim {\n");
     let t = CONE_MAPPING_TIMEOUT_SECS;
     let map = match kind {
@@ -59,13 +83,14 @@ pub fn router_ruleset(kind: NatKind, wan: Ipv4Addr) -> String {
         );
         return s;
     }
+    let answer = opts.unsolicited.rules(WAN_IF);
     let _ = writeln!(
         s,
-        "  chain input {{ type filter hook input priority filter; policy drop;\n    iif \"lo\" accept\n    iifname \"{LAN_IF}\" accept\n    ct state established,related accept\n  }}"
+        "  chain input {{ type filter hook input priority filter; policy drop;\n    iif \"lo\" accept\n    iifname \"{LAN_IF}\" accept\n    ct state established,related accept\n{answer}  }}"
     );
     let _ = writeln!(
         s,
-        "  chain forward {{ type filter hook forward priority filter; policy drop;\n    iifname \"{LAN_IF}\" accept\n    ct state established,related accept\n    ct status dnat accept\n  }}"
+        "  chain forward {{ type filter hook forward priority filter; policy drop;\n    iifname \"{LAN_IF}\" accept\n    ct state established,related accept\n    ct status dnat accept\n{answer}  }}"
     );
     if let Some((name, _, key_prefix)) = map {
         let _ = writeln!(
@@ -77,10 +102,31 @@ pub fn router_ruleset(kind: NatKind, wan: Ipv4Addr) -> String {
         } else {
             "meta l4proto"
         };
+        let record = |protos: &str, timeout: String| {
+            format!(
+                "    oifname \"{WAN_IF}\" meta l4proto {protos} ct direction original update @{name} {{ {record_prefix} . ct reply proto-dst{timeout} : ct original ip saddr . ct original proto-src }}\n"
+            )
+        };
+        let t = &opts.timeouts;
+        let records = if t.tcp_established.is_none() && t.udp.is_none() && t.udp_stream.is_none() {
+            record("{ tcp, udp }", String::new())
+        } else {
+            // The mapping lives as long as the router's conntrack keeps such a flow.
+            let secs = |d: Option<std::time::Duration>| {
+                format!(
+                    " timeout {}s",
+                    d.map_or(u64::from(CONE_MAPPING_TIMEOUT_SECS), |d| d.as_secs())
+                )
+            };
+            record("tcp", secs(t.tcp_established)) + &record("udp", secs(t.udp_stream.or(t.udp)))
+        };
         let _ = writeln!(
             s,
-            "  chain record {{ type filter hook postrouting priority srcnat + 10; policy accept;\n    oifname \"{WAN_IF}\" meta l4proto {{ tcp, udp }} ct direction original update @{name} {{ {record_prefix} . ct reply proto-dst : ct original ip saddr . ct original proto-src }}\n  }}"
+            "  chain record {{ type filter hook postrouting priority srcnat + 10; policy accept;\n{records}  }}"
         );
+    }
+    if let (true, Some(lan)) = (opts.hairpin, opts.lan) {
+        s.push_str(&crate::hairpin::rules(kind, wan, lan));
     }
     let translate = match kind {
         NatKind::Symmetric => format!("oifname \"{WAN_IF}\" masquerade fully-random"),
@@ -122,30 +168,54 @@ pub fn miniupnpd_tables() -> String {
 /// HTTP port of miniupnpd's IGD description (`http://LAN_ADDR:5000/rootDesc.xml`).
 pub const UPNP_HTTP_PORT: u16 = 5000;
 
+/// Where a router's miniupnpd speaks IPv6 (PCP on port 5351, UPnP's HTTP): its LAN address,
+/// and whether its pinholes go to the router's IPv6 firewall ([`crate::ipv6::PINHOLE_CHAIN`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MiniupnpdIpv6 {
+    /// The router's LAN IPv6 address.
+    pub listen: Ipv6Addr,
+    /// The router filters IPv6: pinholes go to its firewall table.
+    pub firewall: bool,
+}
+
 /// A miniupnpd configuration for a router whose LAN is `lan` (e.g. `192.168.1.0/24`),
-/// answering `protocols`.
+/// answering `protocols` (`natpmp` means NAT-PMP and PCP: miniupnpd 2.3.1 serves both on port
+/// 5351 under one switch), on IPv6 too when `ipv6` is given. PCP lifetimes may be as short as
+/// 1 s (`min_lifetime`; miniupnpd's default of 120 s would stretch a test's short lease).
 pub fn miniupnpd_config(
     lan: &str,
     lease_file: &str,
     uuid: &str,
     protocols: MappingProtocols,
+    ipv6: Option<MiniupnpdIpv6>,
 ) -> String {
     let yes = |on: bool| if on { "yes" } else { "no" };
     let (upnp, natpmp) = (yes(protocols.upnp()), yes(protocols.natpmp()));
+    let (filter_table, filter_chain) = match ipv6 {
+        Some(MiniupnpdIpv6 { firewall: true, .. }) => {
+            (crate::ipv6::TABLE, crate::ipv6::PINHOLE_CHAIN)
+        }
+        _ => ("miniupnpd", "miniupnpd"),
+    };
+    let listen6 = ipv6.map_or_else(
+        || "ipv6_disable=yes\n".to_owned(),
+        |v| format!("ipv6_listening_ip={}\n", v.listen),
+    );
     format!(
         "ext_ifname={WAN_IF}
 listening_ip={LAN_IF}
-http_port={UPNP_HTTP_PORT}
+{listen6}http_port={UPNP_HTTP_PORT}
 enable_natpmp={natpmp}
 enable_upnp={upnp}
 secure_mode=yes
 system_uptime=yes
 notify_interval=60
+min_lifetime=1
 uuid={uuid}
 lease_file={lease_file}
-upnp_table_name=miniupnpd
+upnp_table_name={filter_table}
 upnp_nat_table_name=miniupnpd
-upnp_forward_chain=miniupnpd
+upnp_forward_chain={filter_chain}
 upnp_nat_chain=prerouting_miniupnpd
 upnp_nat_postrouting_chain=postrouting_miniupnpd
 allow 1024-65535 {lan} 1024-65535
@@ -191,13 +261,23 @@ mod tests {
 
     #[test]
     fn miniupnpd_config_names_its_tables_and_lan() {
-        let c = miniupnpd_config("192.168.1.0/24", "/tmp/l", "u", MappingProtocols::Both);
+        let lan = "192.168.1.0/24";
+        let c = miniupnpd_config(lan, "/tmp/l", "u", MappingProtocols::Both, None);
         assert!(c.contains("allow 1024-65535 192.168.1.0/24 1024-65535"));
         assert!(c.contains("enable_natpmp=yes\nenable_upnp=yes\n"));
-        let c = miniupnpd_config("192.168.1.0/24", "/tmp/l", "u", MappingProtocols::Natpmp);
+        assert!(c.contains("ipv6_disable=yes\n") && c.contains("upnp_table_name=miniupnpd\n"));
+        let c = miniupnpd_config(lan, "/tmp/l", "u", MappingProtocols::Natpmp, None);
         assert!(c.contains("enable_natpmp=yes\nenable_upnp=no\n"));
-        let c = miniupnpd_config("192.168.1.0/24", "/tmp/l", "u", MappingProtocols::Upnp);
+        let c = miniupnpd_config(lan, "/tmp/l", "u", MappingProtocols::Upnp, None);
         assert!(c.contains("enable_natpmp=no\nenable_upnp=yes\n"));
         assert!(miniupnpd_tables().contains("chain prerouting_miniupnpd"));
+        let v6 = MiniupnpdIpv6 {
+            listen: "2001:db8:1::1".parse().unwrap(),
+            firewall: true,
+        };
+        let c = miniupnpd_config(lan, "/tmp/l", "u", MappingProtocols::Both, Some(v6));
+        assert!(c.contains("ipv6_listening_ip=2001:db8:1::1\n"), "{c}");
+        assert!(c.contains("upnp_table_name=netns_sim6\nupnp_nat_table_name=miniupnpd\n"));
+        assert!(c.contains("upnp_forward_chain=pinholes\n"));
     }
 }

@@ -74,7 +74,7 @@ pub fn require_root() -> Result<(), SysError> {
 /// The Debian package that provides `tool`, for error messages.
 pub fn package_of(tool: &str) -> &'static str {
     match tool {
-        "ip" | "ss" => "iproute2",
+        "ip" | "ss" | "bridge" => "iproute2",
         "nft" => "nftables",
         "iptables" => "iptables",
         "conntrack" => "conntrack",

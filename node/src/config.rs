@@ -24,12 +24,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::proto::line::DEFAULT_MAX_LINE_BYTES;
+use crate::identity::Identity;
+use wire::line::DEFAULT_MAX_LINE_BYTES;
 
 /// The node's role in the overlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Chooses one of the others from what the node establishes at start (the default):
+    /// passive when a reachability probe proves its port reachable, simultaneous when the
+    /// rendezvous shows its NAT's mapping is predictable (or that there is no NAT), active
+    /// otherwise. See [`crate::core::Core::enable_auto`].
+    Auto,
     /// Accepts inbound connections and advertises itself to the rendezvous (`PASSIVE READY`).
     /// Right when the port is reachable (no NAT, a forwarded port, or loopback/LAN use).
     Passive,
@@ -43,10 +49,15 @@ pub enum Role {
 }
 
 /// Everything a [`crate::Net`] needs. Every field has a default; see each field.
+// One switch per setting (listen, and each port-mapping protocol), as in the file format: an
+// enum per bool would only add noise.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to accept connections on (default `0.0.0.0`).
+    /// Address to accept connections on (default `0.0.0.0`: IPv4). `::` listens dual stack:
+    /// IPv4 and IPv6 on one port (IPv4 only on a host without IPv6), and the UNL v3 lists the
+    /// host's global IPv6 addresses.
     pub bind: IpAddr,
     /// Port to accept connections on (default 0: any free port).
     pub port: u16,
@@ -55,7 +66,8 @@ pub struct Config {
     /// Rendezvous servers as `host:port`, tried in order; the one that answered last is tried
     /// first next time (default: none; a node without one can still connect by address).
     pub rendezvous: Vec<String>,
-    /// Passive (advertise, accept) or active (dial out only). Default passive.
+    /// The role: `auto` (the default: chosen from what the node establishes), or passive,
+    /// simultaneous or active as given (see [`Role`]).
     pub node_type: Role,
     /// Inbound connections beyond this are closed at once (default 32).
     pub max_inbound: usize,
@@ -96,8 +108,25 @@ pub struct Config {
     /// Bytes queued for one peer at most; a peer that does not read is disconnected
     /// (default 16 MiB).
     pub max_output_bytes: usize,
-    /// Seed for ids and shuffles (default: random).
+    /// Dial peers known only by address (bootstrap, `--connect`, [`crate::Net::connect_addr`])
+    /// in plain text (default false: encrypted, to whoever answers). For an overlay with
+    /// PyP2P nodes in it; connects by UNL follow the UNL (v3 encrypted, v2 plain) and
+    /// accepted connections are always sniffed (plain or encrypted, as the peer begins).
+    pub plaintext_dials: bool,
+    /// A new connection's handshake (or, accepted, its first bytes) must be done within this
+    /// (default 10 s); a peer that stalls is dropped and frees its slot.
+    #[serde(with = "duration_text")]
+    pub handshake_timeout: Duration,
+    /// Seed for shuffles and nonces (default: random). Without an [`identity`](Self::identity),
+    /// a seeded node also derives its key from it ([`Identity::from_seed`]: for tests only).
     pub seed: Option<u64>,
+    /// The node's key pair: its node id, mailbox name, overlay peer id and UNL all come from
+    /// it (see [`crate::identity`]). Set it with [`Config::with_identity`] (the `p2p-node` CLI
+    /// loads it from `--identity FILE`). Default: none, and the node makes an ephemeral one
+    /// (a new node id every run; logged at start), or a seeded one when `seed` is set. Not
+    /// read from a config file (a key does not belong in one).
+    #[serde(skip)]
+    pub identity: Option<Identity>,
 
     // --- Reachability (see `node::reach`) ---
     /// Forwarding-check server URL, e.g. `http://203.0.113.5:8080` (default: none, so a
@@ -107,14 +136,17 @@ pub struct Config {
     pub upnp: bool,
     /// Try NAT-PMP port forwarding at start (default true).
     pub natpmp: bool,
+    /// Try PCP port forwarding at start (default true): RFC 6887, NAT-PMP's successor on the
+    /// same port, tried before UPnP and NAT-PMP where the gateway speaks it.
+    pub pcp: bool,
     /// A port forwarded by hand on the router to our listening port: advertised as is, and
     /// checked with the forwarding check when one is set (default: none).
     pub external_port: Option<u16>,
-    /// Bound on the whole reachability probe at start: UPnP and NAT-PMP run in parallel
+    /// Bound on the whole reachability probe at start: UPnP, NAT-PMP and PCP run in parallel
     /// within it, then the forwarding check (default 3 s).
     #[serde(with = "duration_text")]
     pub reach_timeout: Duration,
-    /// Lease asked for a UPnP/NAT-PMP mapping; renewed at half-life, deleted on stop
+    /// Lease asked for a UPnP/NAT-PMP/PCP mapping; renewed at half-life, deleted on stop
     /// (default 1 h; never 0, which PyP2P used and some routers keep forever).
     #[serde(with = "duration_text")]
     pub mapping_lease: Duration,
@@ -127,12 +159,24 @@ pub struct Config {
     /// A connect by UNL that has not succeeded after this fails (default 10 s).
     #[serde(with = "duration_text")]
     pub unl_connect_timeout: Duration,
-    /// Reverse-connect requests from our mailbox acted on per minute at most (default 16):
-    /// each makes us dial the address in the request.
+    /// Reverse-connect and relay requests from our mailbox acted on per minute at most, in
+    /// all (default 120): each makes us dial. One sender gets a burst of a fifth of it and a
+    /// tenth a minute after that; a connect's two requests count once.
     pub max_reverse_per_minute: usize,
-    /// Hole-punch challenges answered per minute at most (default 16): each makes a
-    /// simultaneous node dial the candidate's address.
+    /// Hole-punch challenges answered per minute at most, in all (default 120): each makes a
+    /// simultaneous node dial the candidate's address. One candidate IP gets a burst of a
+    /// fifth of it and a tenth a minute after that.
     pub max_punch_per_minute: usize,
+    /// Sockets (and SYNs) each side of a birthday punch uses at most (default 512): from
+    /// behind a NAT that maps ports at random, towards a NAT that keeps one mapping per port.
+    /// N = M = 512 meet about 98 % of the time; the sockets are held a few seconds at most.
+    pub max_punch_sockets: u32,
+    /// How often idle long-lived connections show the NATs on their path that they are alive
+    /// (default 30 s): the simultaneous registration and the mailbox connection send a
+    /// request, peer connections TCP keep-alive probes. Keep it below the shortest TCP
+    /// mapping timeout of the NATs on the path.
+    #[serde(with = "duration_text")]
+    pub keepalive: Duration,
     /// Our WAN address when known beforehand (default: learned from the forwarding check, else
     /// taken to be our LAN address).
     pub wan_ip: Option<std::net::Ipv4Addr>,
@@ -145,7 +189,7 @@ impl Default for Config {
             port: 0,
             listen: true,
             rendezvous: Vec::new(),
-            node_type: Role::Passive,
+            node_type: Role::Auto,
             max_inbound: 32,
             max_inbound_per_ip: 8,
             max_outbound: 8,
@@ -160,18 +204,24 @@ impl Default for Config {
             query_timeout: Duration::from_secs(3),
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_output_bytes: 16 * 1024 * 1024,
+            plaintext_dials: false,
+            handshake_timeout: Duration::from_secs(10),
             seed: None,
+            identity: None,
             forwarding_check: None,
             upnp: true,
             natpmp: true,
+            pcp: true,
             external_port: None,
             reach_timeout: Duration::from_secs(3),
             mapping_lease: Duration::from_hours(1),
             dht_msg: None,
             ntp: None,
             unl_connect_timeout: Duration::from_secs(10),
-            max_reverse_per_minute: 16,
-            max_punch_per_minute: 16,
+            max_reverse_per_minute: 120,
+            max_punch_per_minute: 120,
+            keepalive: crate::core::DEFAULT_KEEPALIVE,
+            max_punch_sockets: crate::core::DEFAULT_PUNCH_SOCKETS,
             wan_ip: None,
         }
     }
@@ -302,6 +352,28 @@ impl Config {
         self
     }
 
+    /// Dials peers known only by address in plain text (see
+    /// [`Config::plaintext_dials`](Config#structfield.plaintext_dials)).
+    #[must_use]
+    pub fn with_plaintext_dials(mut self, plain: bool) -> Self {
+        self.plaintext_dials = plain;
+        self
+    }
+
+    /// Sets how long a new connection's handshake may take.
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets the node's key pair (see [`crate::identity`]).
+    #[must_use]
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
     /// Sets the seed for ids and shuffles.
     #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
@@ -310,7 +382,7 @@ impl Config {
     }
 }
 
-/// Durations as text: `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` (see [`crate::units`]).
+/// Durations as text: `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` (see [`wire::units`]).
 mod duration_text {
     use super::{Deserialize, Deserializer, Duration, Serializer};
 
@@ -320,7 +392,7 @@ mod duration_text {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        crate::units::parse_duration(&text).map_err(serde::de::Error::custom)
+        wire::units::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 

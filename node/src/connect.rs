@@ -10,7 +10,7 @@
 //! | `lan` | both ends have the same WAN address | dial `lan_ip:port` |
 //! | `direct` | they are passive (and not on our LAN) | dial `wan_ip:port` |
 //! | `reverse` | we are passive, they have a node id, a dht-msg server is configured | post `REVERSE_CONNECT:<our UNL>:<nonce>` to their mailbox; they dial us and open with `P2P/1 IAM <their id> <nonce>` |
-//! | `punch` | they are a simultaneous node and a rendezvous server is configured | TCP simultaneous open through both NATs, coordinated by the rendezvous (`CANDIDATE` / `CHALLENGE` / `ACCEPT` / `FIGHT`, see [`crate::proto::punch`]) |
+//! | `punch` | they are a simultaneous node and a rendezvous server is configured | TCP simultaneous open through both NATs, coordinated by the rendezvous (`CANDIDATE` / `CHALLENGE` / `ACCEPT` / `FIGHT`, see [`wire::punch`]) |
 //! | `relay` | every other try failed (or none was possible), both have a dht-msg server, we have a rendezvous server | post `RELAY_CONNECT:<our UNL>:<nonce>:<rendezvous>` to their mailbox; both connect to that rendezvous with `RELAY <token>` and it splices the two streams; they open with `P2P/1 IAM <their id> <nonce>` |
 //!
 //! `lan` and `direct` start at once; `reverse` and `punch` start at once when there is nothing
@@ -35,25 +35,16 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::core::ConnId;
-use crate::proto::overlay::Nonce;
-use crate::unl::Unl;
+use crate::ids::ConnId;
+pub use crate::ids::ConnectId;
+use wire::overlay::Nonce;
+use wire::unl::Unl;
 
 /// Prefix of a reverse-connect request in a mailbox message.
 pub const REVERSE_CONNECT_PREFIX: &str = "REVERSE_CONNECT:";
 
 /// Prefix of a relay request in a mailbox message.
 pub const RELAY_CONNECT_PREFIX: &str = "RELAY_CONNECT:";
-
-/// One [`crate::Net::connect`] call, numbered by the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ConnectId(pub u64);
-
-impl fmt::Display for ConnectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "connect#{}", self.0)
-    }
-}
 
 /// How a connection was (or was to be) opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -258,7 +249,7 @@ impl FromStr for RelayRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unl::{Forwarding, NatType, NodeId, NodeType};
+    use wire::unl::{Forwarding, NatType, NodeId, NodeType};
 
     #[test]
     fn reverse_request_round_trips_and_rejects_garbage() {

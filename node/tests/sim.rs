@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use node::core::{ConnId, Core, CoreConfig, Direction, LineVerdict, Output, QueryReply};
-use node::proto::rendezvous::{NodeEntry, NodeType, Request, Response};
+use node::wire::rendezvous::{NodeEntry, NodeType, Request, Response};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -162,11 +162,11 @@ impl SimNet {
                         );
                     }
                 }
-                Output::Deliver { line, .. } => {
+                Output::Deliver { line, .. } | Output::DeliverSigned { line, .. } => {
                     *self.delivered.entry((i, line)).or_default() += 1;
                 }
                 Output::Close { conn, .. } => self.cut(i, conn),
-                Output::Dial { addr } => {
+                Output::Dial { addr, .. } => {
                     let target = (0..self.nodes.len()).find(|j| addr_of(*j) == addr);
                     match target {
                         Some(j) if self.alive[j] => self.link(i, j),
@@ -207,7 +207,12 @@ impl SimNet {
                 | Output::SessionClose { .. }
                 | Output::PunchDial { .. }
                 | Output::CancelDials { .. }
-                | Output::RelayDial { .. } => {}
+                | Output::RelayDial { .. }
+                | Output::ClockSample { .. }
+                | Output::SwitchPath { .. }
+                | Output::BirthdayDial { .. }
+                | Output::BirthdaySpray { .. }
+                | Output::CancelSpray { .. } => {}
             }
         }
     }

@@ -52,6 +52,9 @@ pub struct Config {
     /// Bytes a client may send after its `RELAY` line before the pairing; they are forwarded
     /// after `RELAY OK`. More closes it with an error.
     pub relay_early_bytes: usize,
+    /// A Redis URL (`redis://HOST:PORT`, `redis+unix:///PATH`) shared with other instances
+    /// (see [`crate::shared`]); `None`: this instance alone, everything in memory.
+    pub backend: Option<String>,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             relay_rate: Some(1024 * 1024),
             relay_buffer_bytes: 256 * 1024,
             relay_early_bytes: 64 * 1024,
+            backend: None,
         }
     }
 }

@@ -9,29 +9,35 @@
 //!
 //! Registrations are keyed by (observed IP, port) rather than PyP2P's IP alone, so several nodes
 //! behind one NAT can register; a bare `CLEAR` still removes everything its IP registered.
+//!
+//! This file holds the state, the driving calls and the per-connection line handling; the
+//! rules live in child modules, each an `impl Core` of one concern: `registry` (passive
+//! registrations, `BOOTSTRAP`, `CLEAR`, expiry), `punch` (simultaneous nodes, `CANDIDATE`,
+//! `ACCEPT`/`FIGHT`) and [`relay`] (the relay mode).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use node::proto::line::{LineError, LineFramer};
-use node::proto::rendezvous::{NodeEntry, NodeTarget, NodeType, NtpTime, Proto, Request, Response};
+use passive::{Passives, family_slot};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 pub use relay::{RELAY_LINGER, RelayError, TokenBucket};
 use relay::{RelayState, Relays};
-use tracing::{debug, info};
+pub use server_kit::FAMILIES;
+use server_kit::{Admission, Slab};
+pub use server_kit::{ConnId, Refusal};
+pub use shared::{RemoteState, Update};
+use tracing::debug;
+use wire::line::{LineError, LineFramer};
+use wire::rendezvous::{Family, NtpTime, Proto, Request, Response};
 
 use crate::config::Config;
 
 pub mod relay;
-
-/// Identifies one client connection while it is open. Ids are reused after
-/// [`Core::handle_closed`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnId(pub usize);
+pub mod shared;
 
 /// Work the driver must carry out, drained with [`Core::poll_action`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,36 +55,6 @@ pub enum Action {
     ShutdownWrite(ConnId),
 }
 
-/// Why a new connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// `max_connections` reached.
-    ServerFull {
-        /// The configured limit.
-        limit: usize,
-    },
-    /// `max_connections_per_ip` reached for this IP.
-    TooManyFromIp {
-        /// The client's IP.
-        ip: IpAddr,
-        /// The configured limit.
-        limit: usize,
-    },
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::ServerFull { limit } => {
-                write!(f, "server full ({limit} connections), try later")
-            }
-            Refusal::TooManyFromIp { ip, limit } => {
-                write!(f, "too many connections from {ip} (limit {limit})")
-            }
-        }
-    }
-}
-
 /// Counters for logs and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -86,6 +62,8 @@ pub struct Stats {
     pub accepted: u64,
     /// Connections refused by a limit.
     pub refused: u64,
+    /// Connections refused, by reason: the global cap, the per-IP cap.
+    pub refused_by_reason: [u64; 2],
     /// Connections open now.
     pub open: usize,
     /// Well-formed lines handled.
@@ -94,6 +72,15 @@ pub struct Stats {
     pub bad_lines: u64,
     /// Passive registrations now.
     pub passive: usize,
+    /// Passive registrations now, by address family (indexed like [`FAMILIES`]).
+    pub passive_by_family: [usize; 2],
+    /// Connections accepted since start, by the client's address family (indexed like
+    /// [`FAMILIES`]; an IPv4 client of a dual-stack socket counts as IPv4).
+    pub accepted_by_family: [u64; 2],
+    /// New registrations (passive and simultaneous) since start, by address family.
+    pub registered_by_family: [u64; 2],
+    /// `CANDIDATE`s refused because they named a node of the other address family.
+    pub cross_family_refused: u64,
     /// Simultaneous registrations now.
     pub simultaneous: usize,
     /// Relay connections parked, waiting for their peer's `RELAY`.
@@ -110,6 +97,95 @@ pub struct Stats {
     pub relay_queued_bytes: usize,
     /// The most `relay_queued_bytes` has been since start.
     pub relay_queued_peak: usize,
+    /// Requests handled, by verb (indexed like [`VERBS`]).
+    pub requests: [u64; VERBS.len()],
+    /// New passive registrations since start (renewals not counted).
+    pub registered_passive: u64,
+    /// New simultaneous registrations since start.
+    pub registered_simultaneous: u64,
+    /// `CHALLENGE` lines sent to simultaneous nodes (a candidate's punch request relayed).
+    pub challenges: u64,
+    /// `FIGHT` lines sent to candidates (a node accepted: the punch starts).
+    pub fights: u64,
+    /// `RECONNECT` lines sent to stale simultaneous nodes.
+    pub reconnects: u64,
+    /// Times a limit refused or closed something, by limit.
+    pub limit_hits: LimitHits,
+    /// What the shared backend did (all 0 for the embedded one).
+    pub backend: BackendStats,
+}
+
+/// The request verbs, as metric label values, in the order of [`Stats::requests`].
+pub const VERBS: [&str; 11] = [
+    "BOOTSTRAP",
+    "BOOTSTRAP_FAMILY",
+    "PASSIVE_READY",
+    "SIMULTANEOUS_READY",
+    "SOURCE_TCP",
+    "SOURCE_ADDR",
+    "CANDIDATE",
+    "ACCEPT",
+    "CLEAR",
+    "QUIT",
+    "RELAY",
+];
+
+/// The index of a request's verb in [`VERBS`].
+fn verb_index(request: &Request) -> usize {
+    match request {
+        Request::Bootstrap { .. } => 0,
+        Request::BootstrapFamily { .. } => 1,
+        Request::PassiveReady { .. } => 2,
+        Request::SimultaneousReady { .. } => 3,
+        Request::SourceTcp { .. } => 4,
+        Request::SourceAddr => 5,
+        Request::Candidate { .. } => 6,
+        Request::Accept { .. } => 7,
+        Request::Clear { .. } => 8,
+        Request::Quit => 9,
+        Request::Relay { .. } => 10,
+    }
+}
+
+/// How often each limit refused or closed something since start (the `limit` label of
+/// `rendezvous_limit_hits_total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitHits {
+    /// A registration refused: `max_registrations_per_ip`.
+    pub registrations_per_ip: u64,
+    /// A `CANDIDATE` refused: `max_candidates_per_node`.
+    pub candidates_per_node: u64,
+    /// A client closed for not reading its replies: `max_output_bytes`.
+    pub output_cap: u64,
+    /// A client closed for a line over `max_line_bytes`.
+    pub line_too_long: u64,
+    /// A client closed after `max_bad_lines` malformed lines.
+    pub bad_lines: u64,
+    /// A client closed after `idle_timeout` without a line.
+    pub idle_timeout: u64,
+    /// A `RELAY` refused: `max_relays`.
+    pub relay_server_full: u64,
+    /// A `RELAY` refused: `max_relays_per_ip`.
+    pub relay_per_ip: u64,
+    /// A waiting relay client closed for sending more than `relay_early_bytes`.
+    pub relay_early_data: u64,
+    /// A waiting relay client whose peer never came: `relay_wait_timeout`.
+    pub relay_wait_timeout: u64,
+}
+
+/// What a shared backend (Redis) did, for the metrics; all 0 without one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Updates sent to the backend (registrations, removals, forwarded punch requests).
+    pub published: u64,
+    /// Updates received from other instances.
+    pub received: u64,
+    /// Simultaneous nodes connected to other instances that this one knows of now.
+    pub remote_registrations: usize,
+    /// Other instances seen alive now.
+    pub instances: usize,
+    /// Punch requests forwarded to, or answered from, another instance.
+    pub forwarded: u64,
 }
 
 /// A registration's identity: the observed IP and the port the node announced.
@@ -143,15 +219,6 @@ struct Conn {
 }
 
 #[derive(Debug)]
-struct Passive {
-    key: NodeKey,
-    registered_at: Instant,
-    /// This entry as it appears in a `NODES` reply (`p:<ip>:<port> `), rendered once at
-    /// registration so that a `BOOTSTRAP` reply is a copy of bytes, not formatting.
-    wire: Box<[u8]>,
-}
-
-#[derive(Debug)]
 struct Simultaneous {
     port: u16,
     refreshed_at: Instant,
@@ -159,9 +226,17 @@ struct Simultaneous {
     candidates: Vec<Candidate>,
 }
 
+/// Who is waiting for a `FIGHT`: a connection here, or one on another instance of a shared
+/// backend (named by that instance and its serial number for the candidacy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CandRef {
+    Local(ConnId),
+    Remote { inst: u64, serial: u64 },
+}
+
 #[derive(Debug)]
 struct Candidate {
-    conn: ConnId,
+    conn: CandRef,
     ip: IpAddr,
     ports: Vec<u16>,
     proto: Proto,
@@ -173,14 +248,13 @@ struct Candidate {
 #[derive(Debug)]
 pub struct Core {
     config: Config,
-    conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    per_ip: HashMap<IpAddr, usize>,
-    /// Passive registrations, in a vector for uniform random sampling.
-    passive: Vec<Passive>,
-    passive_index: HashMap<NodeKey, usize>,
-    passive_ports_by_ip: HashMap<IpAddr, Vec<u16>>,
-    simultaneous: HashMap<IpAddr, Vec<Simultaneous>>,
+    conns: Slab<Conn>,
+    admission: Admission,
+    /// Passive registrations, by family for uniform random sampling.
+    passive: Passives,
+    /// Registered passive ports by IP (ordered: an IPv6 /64 is a range, for the per-IP cap).
+    passive_ports_by_ip: BTreeMap<IpAddr, Vec<u16>>,
+    simultaneous: BTreeMap<IpAddr, Vec<Simultaneous>>,
     simultaneous_count: usize,
     actions: VecDeque<Action>,
     rng: SmallRng,
@@ -191,6 +265,8 @@ pub struct Core {
     relays: Relays,
     /// The latest time passed in (for durations in logs written from paths without a `now`).
     now: Instant,
+    /// Set when this is one instance of several on a shared backend.
+    shared: Option<shared::Shared>,
 }
 
 impl Core {
@@ -214,14 +290,12 @@ impl Core {
         .unwrap_or(Duration::from_secs(1))
         .max(Duration::from_millis(10));
         Core {
+            admission: Admission::new(config.max_connections, config.max_connections_per_ip),
             config,
-            conns: Vec::new(),
-            free: Vec::new(),
-            per_ip: HashMap::new(),
-            passive: Vec::new(),
-            passive_index: HashMap::new(),
-            passive_ports_by_ip: HashMap::new(),
-            simultaneous: HashMap::new(),
+            conns: Slab::default(),
+            passive: Passives::default(),
+            passive_ports_by_ip: BTreeMap::new(),
+            simultaneous: BTreeMap::new(),
             simultaneous_count: 0,
             actions: VecDeque::new(),
             rng,
@@ -231,6 +305,7 @@ impl Core {
             stats: Stats::default(),
             relays: Relays::default(),
             now,
+            shared: None,
         }
     }
 
@@ -241,8 +316,15 @@ impl Core {
 
     /// Counters as of now.
     pub fn stats(&self) -> Stats {
+        let (remote_registrations, instances) = self.shared_counts();
         Stats {
+            backend: BackendStats {
+                remote_registrations,
+                instances,
+                ..self.stats.backend
+            },
             passive: self.passive.len(),
+            passive_by_family: self.passive.counts(),
             simultaneous: self.simultaneous_count,
             relay_waiting: self.relays.waiting(),
             relay_active: self.relays.active(),
@@ -251,6 +333,10 @@ impl Core {
             relay_bytes: self.relays.bytes,
             relay_queued_bytes: self.relays.queued(),
             relay_queued_peak: self.relays.queued_peak(),
+            accepted: self.admission.accepted(),
+            refused: self.admission.refused(),
+            refused_by_reason: self.admission.refused_by_reason().map(|(_, n)| n),
+            open: self.admission.open(),
             ..self.stats
         }
     }
@@ -259,21 +345,8 @@ impl Core {
     /// `ERROR <refusal>` if it can and close the socket; nothing is kept for it.
     pub fn handle_open(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnId, Refusal> {
         self.tick(now);
-        if self.stats.open >= self.config.max_connections {
-            self.stats.refused += 1;
-            return Err(Refusal::ServerFull {
-                limit: self.config.max_connections,
-            });
-        }
-        let from_ip = self.per_ip.entry(peer.ip()).or_insert(0);
-        if *from_ip >= self.config.max_connections_per_ip {
-            self.stats.refused += 1;
-            return Err(Refusal::TooManyFromIp {
-                ip: peer.ip(),
-                limit: self.config.max_connections_per_ip,
-            });
-        }
-        *from_ip += 1;
+        self.admission.admit(peer.ip())?;
+        self.stats.accepted_by_family[family_slot(peer.ip())] += 1;
         let conn = Conn {
             peer,
             framer: LineFramer::new(self.config.max_line_bytes),
@@ -286,17 +359,9 @@ impl Core {
             lines: 0,
             relay: RelayState::None,
         };
-        let id = if let Some(slot) = self.free.pop() {
-            self.conns[slot] = Some(conn);
-            slot
-        } else {
-            self.conns.push(Some(conn));
-            self.conns.len() - 1
-        };
-        self.stats.accepted += 1;
-        self.stats.open += 1;
-        debug!(conn = id, %peer, "connection opened");
-        Ok(ConnId(id))
+        let id = self.conns.insert(conn);
+        debug!(conn = id.0, %peer, "connection opened");
+        Ok(id)
     }
 
     /// Bytes arrived on a connection. For a relayed connection, see also
@@ -326,12 +391,14 @@ impl Core {
             match item {
                 Ok(Ok(request)) => {
                     self.stats.lines += 1;
+                    self.stats.requests[verb_index(&request)] += 1;
                     self.handle_request(now, id, request);
                 }
                 Ok(Err(parse_error)) => self.bad_line(id, &parse_error),
                 Err(e @ LineError::NotUtf8 { .. }) => self.bad_line(id, &e),
                 Err(e @ LineError::TooLong { .. }) => {
                     self.stats.bad_lines += 1;
+                    self.stats.limit_hits.line_too_long += 1;
                     self.send(id, &Response::error(&e));
                     self.close(id, "line over the cap");
                     return;
@@ -370,19 +437,15 @@ impl Core {
     /// The driver has closed the socket of a connection it was told to close; its id may be
     /// reused from now on.
     pub fn handle_closed(&mut self, id: ConnId) {
-        if let Some(slot) = self.conns.get_mut(id.0)
-            && slot.take().is_some()
-        {
-            self.free.push(id.0);
-        }
+        self.conns.remove(id);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Instant {
-        match self.relays.next_timer() {
-            Some(at) => at.min(self.next_sweep),
-            None => self.next_sweep,
-        }
+        [self.relays.next_timer(), self.shared_timeout()]
+            .into_iter()
+            .flatten()
+            .fold(self.next_sweep, Instant::min)
     }
 
     /// Time passed: resume rate-limited relays, expire registrations, candidates and relay
@@ -390,6 +453,7 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tick(now);
         self.relay_timers(now);
+        self.shared_timers(now);
         if now < self.next_sweep {
             return;
         }
@@ -413,10 +477,7 @@ impl Core {
         if let Some(queued) = self.relay_output(id) {
             return queued;
         }
-        match self.conns.get(id.0) {
-            Some(Some(conn)) => &conn.out,
-            _ => &[],
-        }
+        self.conns.get(id).map_or(&[], |conn| &conn.out)
     }
 
     /// The driver wrote the first `n` bytes of [`pending_output`](Self::pending_output).
@@ -425,7 +486,7 @@ impl Core {
         if self.relay_consumed(now, id, n) {
             return;
         }
-        if let Some(Some(conn)) = self.conns.get_mut(id.0) {
+        if let Some(conn) = self.conns.get_mut(id) {
             conn.out.drain(..n.min(conn.out.len()));
             if conn.out.is_empty() && conn.out.capacity() > 4096 {
                 conn.out = Vec::new();
@@ -435,25 +496,18 @@ impl Core {
 
     /// Every open connection, for shutdown.
     pub fn open_connections(&self) -> Vec<ConnId> {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.as_ref().map(|_| ConnId(i)))
-            .collect()
+        self.conns.ids()
     }
 
     fn live_conn(&mut self, id: ConnId) -> Option<&mut Conn> {
-        match self.conns.get_mut(id.0) {
-            Some(Some(conn)) if !conn.closing => Some(conn),
+        match self.conns.get_mut(id) {
+            Some(conn) if !conn.closing => Some(conn),
             _ => None,
         }
     }
 
     fn peer(&self, id: ConnId) -> Option<SocketAddr> {
-        match self.conns.get(id.0) {
-            Some(Some(conn)) => Some(conn.peer),
-            _ => None,
-        }
+        self.conns.get(id).map(|conn| conn.peer)
     }
 
     fn unix_now(&self, now: Instant) -> f64 {
@@ -465,7 +519,7 @@ impl Core {
     fn handle_request(&mut self, now: Instant, id: ConnId, request: Request) {
         let Some(peer) = self.peer(id) else { return };
         // Any line from a simultaneous node's persistent connection shows it is alive.
-        if let Some(Some(conn)) = self.conns.get(id.0)
+        if let Some(conn) = self.conns.get(id)
             && let Some(key) = conn.simultaneous
             && let Some(node) = self.simultaneous_mut(key)
         {
@@ -473,7 +527,16 @@ impl Core {
         }
         match request {
             Request::Bootstrap { count, own_port } => {
-                self.reply_bootstrap(now, id, peer.ip(), usize::from(count), own_port);
+                let count = usize::from(count);
+                self.reply_bootstrap(now, id, peer.ip(), Family::Ipv4, count, own_port);
+            }
+            Request::BootstrapFamily {
+                family,
+                count,
+                own_port,
+            } => {
+                let count = usize::from(count);
+                self.reply_bootstrap(now, id, peer.ip(), family, count, own_port);
             }
             Request::PassiveReady { port, .. } => self.register_passive(now, id, peer, port),
             Request::SimultaneousReady { port, .. } => {
@@ -481,6 +544,13 @@ impl Core {
             }
             Request::SourceTcp { .. } => {
                 self.send(id, &Response::RemoteTcp { port: peer.port() });
+            }
+            Request::SourceAddr => {
+                let time = NtpTime::new(self.unix_now(now));
+                match time {
+                    Some(time) => self.send(id, &Response::RemoteAddr { addr: peer, time }),
+                    None => self.refuse(id, "SOURCE ADDR: the server's clock is before 1970"),
+                }
             }
             Request::Candidate { node, proto, ports } => {
                 self.add_candidate(now, id, peer, node, proto, ports);
@@ -494,7 +564,7 @@ impl Core {
             Request::Clear { port } => self.clear(peer.ip(), port),
             Request::Quit => self.close(id, "QUIT"),
             Request::Relay { token } => {
-                let line = self.conns[id.0].as_ref().map_or(0, |c| c.lines);
+                let line = self.conns.get(id).map_or(0, |c| c.lines);
                 self.relay_request(now, id, peer, token, line);
             }
         }
@@ -508,6 +578,7 @@ impl Core {
         };
         conn.bad_lines += 1;
         if conn.bad_lines >= self.config.max_bad_lines {
+            self.stats.limit_hits.bad_lines += 1;
             self.close(id, "too many malformed lines");
         }
     }
@@ -547,6 +618,7 @@ impl Core {
         };
         if conn.out.len() > limit {
             conn.out.truncate(before);
+            self.stats.limit_hits.output_cap += 1;
             self.close(id, "not reading its replies (output cap reached)");
             return;
         }
@@ -577,473 +649,16 @@ impl Core {
         }
         for key in candidacies {
             if let Some(node) = self.simultaneous_mut(key) {
-                node.candidates.retain(|c| c.conn != id);
+                node.candidates.retain(|c| c.conn != CandRef::Local(id));
             }
         }
-        if let Some(n) = self.per_ip.get_mut(&peer.ip()) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_ip.remove(&peer.ip());
-            }
-        }
-        self.stats.open -= 1;
+        self.admission.release(peer.ip());
         self.actions.push_back(Action::Close(id));
-    }
-
-    fn registrations_at(&self, ip: IpAddr) -> usize {
-        self.passive_ports_by_ip.get(&ip).map_or(0, Vec::len)
-            + self.simultaneous.get(&ip).map_or(0, Vec::len)
-    }
-
-    /// Answers `BOOTSTRAP` with up to `count` random passive nodes, never the asker: without
-    /// `own_port` the asker is everyone at its IP (PyP2P), with it only that registration.
-    ///
-    /// The hot path of the server: the reply is assembled from pre-rendered entries straight
-    /// into the output buffer. Its bytes are exactly `Response::Nodes(..)`'s `Display`.
-    fn reply_bootstrap(
-        &mut self,
-        now: Instant,
-        id: ConnId,
-        asker: IpAddr,
-        count: usize,
-        own_port: Option<u16>,
-    ) {
-        let excluded_bound = self.passive_ports_by_ip.get(&asker).map_or(0, Vec::len);
-        let k = (count + excluded_bound).min(self.passive.len());
-        let lifetime = self.config.node_lifetime;
-        let picks = rand::seq::index::sample(&mut self.rng, self.passive.len(), k);
-        let mut reply = Vec::with_capacity(8 + count * 24);
-        reply.extend_from_slice(b"NODES ");
-        let mut found = 0;
-        for i in picks {
-            let p = &self.passive[i];
-            let is_asker = p.key.ip == asker && own_port.is_none_or(|o| o == p.key.port);
-            if is_asker || now.saturating_duration_since(p.registered_at) >= lifetime {
-                continue;
-            }
-            reply.extend_from_slice(&p.wire);
-            found += 1;
-            if found == count {
-                break;
-            }
-        }
-        if found == 0 {
-            reply.truncate(0);
-            reply.extend_from_slice(b"NODES EMPTY");
-        }
-        reply.extend_from_slice(b"\r\n");
-        self.send_bytes(id, &reply);
-    }
-
-    fn register_passive(&mut self, now: Instant, id: ConnId, peer: SocketAddr, port: u16) {
-        if port == 0 {
-            self.refuse(id, "PASSIVE READY: port must be in 1..=65535, got 0");
-            return;
-        }
-        let key = NodeKey {
-            ip: peer.ip(),
-            port,
-        };
-        if let Some(&i) = self.passive_index.get(&key) {
-            self.passive[i].registered_at = now;
-            return;
-        }
-        if self.registrations_at(key.ip) >= self.config.max_registrations_per_ip {
-            let text = format!(
-                "PASSIVE READY: too many registrations from {} (limit {})",
-                key.ip, self.config.max_registrations_per_ip
-            );
-            self.refuse(id, &text);
-            return;
-        }
-        self.passive_index.insert(key, self.passive.len());
-        let wire = format!(
-            "{} ",
-            NodeEntry {
-                node_type: NodeType::Passive,
-                addr: SocketAddr::new(key.ip, key.port),
-            }
-        );
-        self.passive.push(Passive {
-            key,
-            registered_at: now,
-            wire: wire.into_bytes().into_boxed_slice(),
-        });
-        self.passive_ports_by_ip
-            .entry(key.ip)
-            .or_default()
-            .push(key.port);
-        debug!(node = %key, "passive node registered");
-    }
-
-    fn remove_passive(&mut self, key: NodeKey) {
-        let Some(i) = self.passive_index.remove(&key) else {
-            return;
-        };
-        self.passive.swap_remove(i);
-        if let Some(moved) = self.passive.get(i) {
-            self.passive_index.insert(moved.key, i);
-        }
-        if let Some(ports) = self.passive_ports_by_ip.get_mut(&key.ip) {
-            ports.retain(|&p| p != key.port);
-            if ports.is_empty() {
-                self.passive_ports_by_ip.remove(&key.ip);
-            }
-        }
-        debug!(node = %key, "passive node removed");
-    }
-
-    fn simultaneous_mut(&mut self, key: NodeKey) -> Option<&mut Simultaneous> {
-        self.simultaneous
-            .get_mut(&key.ip)?
-            .iter_mut()
-            .find(|n| n.port == key.port)
-    }
-
-    fn register_simultaneous(&mut self, now: Instant, id: ConnId, peer: SocketAddr, port: u16) {
-        let key = NodeKey {
-            ip: peer.ip(),
-            port,
-        };
-        let previous = self.conns[id.0].as_ref().and_then(|c| c.simultaneous);
-        if let Some(old) = previous
-            && old != key
-            && let Some(node) = self.simultaneous_mut(old)
-        {
-            node.conn = None;
-        }
-        let replaced_conn = if let Some(node) = self.simultaneous_mut(key) {
-            node.refreshed_at = now;
-            node.conn.replace(id)
-        } else {
-            if self.registrations_at(key.ip) >= self.config.max_registrations_per_ip {
-                let text = format!(
-                    "SIMULTANEOUS READY: too many registrations from {} (limit {})",
-                    key.ip, self.config.max_registrations_per_ip
-                );
-                self.refuse(id, &text);
-                return;
-            }
-            self.simultaneous
-                .entry(key.ip)
-                .or_default()
-                .push(Simultaneous {
-                    port,
-                    refreshed_at: now,
-                    conn: Some(id),
-                    candidates: Vec::new(),
-                });
-            self.simultaneous_count += 1;
-            debug!(node = %key, "simultaneous node registered");
-            None
-        };
-        if let Some(old) = replaced_conn
-            && old != id
-            && let Some(Some(conn)) = self.conns.get_mut(old.0)
-        {
-            conn.simultaneous = None;
-        }
-        if let Some(Some(conn)) = self.conns.get_mut(id.0) {
-            conn.simultaneous = Some(key);
-        }
-        // Candidates that arrived while the node was stale or away are challenged now.
-        self.challenge_pending(key, id);
-    }
-
-    fn challenge_pending(&mut self, key: NodeKey, node_conn: ConnId) {
-        let Some(node) = self.simultaneous_mut(key) else {
-            return;
-        };
-        let mut challenges = Vec::new();
-        for candidate in node.candidates.iter_mut().filter(|c| !c.challenged) {
-            candidate.challenged = true;
-            challenges.push(Response::Challenge {
-                client_ip: candidate.ip,
-                ports: candidate.ports.clone(),
-                proto: candidate.proto,
-            });
-        }
-        for challenge in challenges {
-            self.send(node_conn, &challenge);
-        }
-    }
-
-    /// The connected registration a `CANDIDATE` names: by exact address, or the most recently
-    /// refreshed connected one at an IP.
-    fn find_target(&self, target: NodeTarget) -> Option<NodeKey> {
-        let nodes = self.simultaneous.get(&target.ip())?;
-        let node = match target {
-            NodeTarget::Addr(addr) => nodes.iter().find(|n| n.port == addr.port()),
-            NodeTarget::Ip(_) => nodes
-                .iter()
-                .filter(|n| n.conn.is_some())
-                .max_by_key(|n| n.refreshed_at)
-                .or_else(|| nodes.iter().max_by_key(|n| n.refreshed_at)),
-        }?;
-        Some(NodeKey {
-            ip: target.ip(),
-            port: node.port,
-        })
-    }
-
-    fn add_candidate(
-        &mut self,
-        now: Instant,
-        id: ConnId,
-        peer: SocketAddr,
-        target: NodeTarget,
-        proto: Proto,
-        ports: Vec<u16>,
-    ) {
-        let Some(key) = self.find_target(target) else {
-            self.refuse(
-                id,
-                &format!("CANDIDATE: no simultaneous node registered at {target}"),
-            );
-            return;
-        };
-        let max_candidates = self.config.max_candidates_per_node;
-        let candidate_lifetime = self.config.candidate_lifetime;
-        let Some(node) = self.simultaneous_mut(key) else {
-            return;
-        };
-        let Some(node_conn) = node.conn else {
-            self.refuse(
-                id,
-                &format!("CANDIDATE: simultaneous node {key} is not connected"),
-            );
-            return;
-        };
-        if node_conn == id {
-            self.refuse(id, "CANDIDATE: a node cannot be its own candidate");
-            return;
-        }
-        // One pending candidate per client IP, as PyP2P: a newer one replaces it.
-        let mut replaced = None;
-        if let Some(i) = node.candidates.iter().position(|c| c.ip == peer.ip()) {
-            replaced = Some(node.candidates.remove(i).conn);
-        }
-        if node.candidates.len() >= max_candidates {
-            self.refuse(
-                id,
-                &format!(
-                    "CANDIDATE: too many pending candidates for {key} (limit {max_candidates})"
-                ),
-            );
-            return;
-        }
-        let stale = now.saturating_duration_since(node.refreshed_at) > candidate_lifetime;
-        node.candidates.push(Candidate {
-            conn: id,
-            ip: peer.ip(),
-            ports: ports.clone(),
-            proto,
-            created_at: now,
-            challenged: !stale,
-        });
-        if let Some(old) = replaced
-            && old != id
-            && let Some(Some(conn)) = self.conns.get_mut(old.0)
-        {
-            conn.candidacies.retain(|&k| k != key);
-        }
-        if let Some(Some(conn)) = self.conns.get_mut(id.0)
-            && !conn.candidacies.contains(&key)
-        {
-            conn.candidacies.push(key);
-        }
-        self.send(id, &Response::PredictionSet);
-        if stale {
-            // PyP2P: the node's NAT mapping may be gone; it re-registers, then gets the challenge.
-            self.send(node_conn, &Response::Reconnect);
-        } else {
-            self.send(
-                node_conn,
-                &Response::Challenge {
-                    client_ip: peer.ip(),
-                    ports,
-                    proto,
-                },
-            );
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn accept(
-        &mut self,
-        now: Instant,
-        id: ConnId,
-        peer: SocketAddr,
-        client_ip: IpAddr,
-        ports: Vec<u16>,
-        proto: Proto,
-        ntp_time: NtpTime,
-    ) {
-        let own = self.conns[id.0].as_ref().and_then(|c| c.simultaneous);
-        let key = own.or_else(|| self.find_target(NodeTarget::Ip(peer.ip())));
-        let Some(key) = key else {
-            self.refuse(id, "ACCEPT: you are not a registered simultaneous node");
-            return;
-        };
-        let server_time = self.unix_now(now);
-        let tolerance = self.config.ntp_tolerance.as_secs_f64();
-        if (ntp_time.secs() - server_time).abs() > tolerance {
-            self.refuse(
-                id,
-                &format!(
-                    "ACCEPT: ntp_time {ntp_time} is more than {tolerance} s from server time {server_time:.3}"
-                ),
-            );
-            return;
-        }
-        let Some(node) = self.simultaneous_mut(key) else {
-            return;
-        };
-        let Some(i) = node.candidates.iter().rposition(|c| c.ip == client_ip) else {
-            self.refuse(
-                id,
-                &format!("ACCEPT: no pending candidate from {client_ip}"),
-            );
-            return;
-        };
-        let candidate = node.candidates.remove(i);
-        if let Some(Some(conn)) = self.conns.get_mut(candidate.conn.0) {
-            conn.candidacies.retain(|&k| k != key);
-        }
-        info!(node = %key, candidate = %client_ip, "hole punch accepted, sending FIGHT");
-        self.send(
-            candidate.conn,
-            &Response::Fight {
-                node_ip: key.ip,
-                ports,
-                proto,
-                ntp_time,
-            },
-        );
-    }
-
-    fn clear(&mut self, ip: IpAddr, port: Option<u16>) {
-        let passive_ports: Vec<u16> = match port {
-            Some(p) => vec![p],
-            None => self
-                .passive_ports_by_ip
-                .get(&ip)
-                .cloned()
-                .unwrap_or_default(),
-        };
-        for p in passive_ports {
-            self.remove_passive(NodeKey { ip, port: p });
-        }
-        let Some(nodes) = self.simultaneous.get_mut(&ip) else {
-            return;
-        };
-        let mut removed = Vec::new();
-        let mut i = 0;
-        while i < nodes.len() {
-            if port.is_none_or(|p| p == nodes[i].port) {
-                removed.push(nodes.swap_remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        if nodes.is_empty() {
-            self.simultaneous.remove(&ip);
-        }
-        for node in removed {
-            self.forget_simultaneous(
-                NodeKey {
-                    ip,
-                    port: node.port,
-                },
-                node,
-            );
-        }
-    }
-
-    /// Unlinks connections from a simultaneous registration that was just removed.
-    fn forget_simultaneous(&mut self, key: NodeKey, node: Simultaneous) {
-        self.simultaneous_count -= 1;
-        if let Some(conn_id) = node.conn
-            && let Some(Some(conn)) = self.conns.get_mut(conn_id.0)
-            && conn.simultaneous == Some(key)
-        {
-            conn.simultaneous = None;
-        }
-        for candidate in node.candidates {
-            if let Some(Some(conn)) = self.conns.get_mut(candidate.conn.0) {
-                conn.candidacies.retain(|&k| k != key);
-            }
-        }
-        debug!(node = %key, "simultaneous node removed");
-    }
-
-    fn expire(&mut self, now: Instant) {
-        let node_lifetime = self.config.node_lifetime;
-        let candidate_lifetime = self.config.candidate_lifetime;
-        let expired: Vec<NodeKey> = self
-            .passive
-            .iter()
-            .filter(|p| now.saturating_duration_since(p.registered_at) >= node_lifetime)
-            .map(|p| p.key)
-            .collect();
-        for key in expired {
-            self.remove_passive(key);
-        }
-
-        let mut gone_nodes = Vec::new();
-        let mut gone_candidacies = Vec::new();
-        self.simultaneous.retain(|&ip, nodes| {
-            let mut i = 0;
-            while i < nodes.len() {
-                let node = &mut nodes[i];
-                let key = NodeKey {
-                    ip,
-                    port: node.port,
-                };
-                node.candidates.retain(|c| {
-                    let keep = now.saturating_duration_since(c.created_at) <= candidate_lifetime;
-                    if !keep {
-                        gone_candidacies.push((c.conn, key));
-                    }
-                    keep
-                });
-                if now.saturating_duration_since(node.refreshed_at) >= node_lifetime {
-                    gone_nodes.push((key, nodes.swap_remove(i)));
-                } else {
-                    i += 1;
-                }
-            }
-            !nodes.is_empty()
-        });
-        for (conn_id, key) in gone_candidacies {
-            if let Some(Some(conn)) = self.conns.get_mut(conn_id.0) {
-                conn.candidacies.retain(|&k| k != key);
-            }
-        }
-        for (key, node) in gone_nodes {
-            self.forget_simultaneous(key, node);
-        }
-
-        let idle_timeout = self.config.idle_timeout;
-        let idle: Vec<ConnId> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                let c = c.as_ref()?;
-                // Relay connections have their own timeouts (wait, relay idle).
-                let held = c.simultaneous.is_some()
-                    || !c.candidacies.is_empty()
-                    || !matches!(c.relay, RelayState::None);
-                let idle = now.saturating_duration_since(c.last_line_at) >= idle_timeout;
-                (!c.closing && !held && idle).then_some(ConnId(i))
-            })
-            .collect();
-        for id in idle {
-            self.close(id, "idle timeout");
-        }
     }
 }
 
+mod passive;
+mod punch;
+mod registry;
 #[cfg(test)]
 mod tests;

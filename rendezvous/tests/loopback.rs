@@ -5,65 +5,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use node::proto::rendezvous::Response;
-use node::testkit::ServerProcess;
 use rendezvous::{Config, RunningServer};
-use socket2::{Domain, Socket, Type};
+use server_kit::testkit::{LineClient as Client, ServerProcess};
+use wire::rendezvous::Response;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn start(config: Config) -> RunningServer {
     RunningServer::start("127.0.0.1:0".parse().unwrap(), config).unwrap()
-}
-
-struct Client {
-    reader: BufReader<TcpStream>,
-    stream: TcpStream,
-}
-
-impl Client {
-    /// Connects from a chosen loopback address, so tests can play several public IPs.
-    fn from(ip: &str, server: SocketAddr) -> Client {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        let local: SocketAddr = format!("{ip}:0").parse().unwrap();
-        socket.bind(&local.into()).unwrap();
-        socket.connect_timeout(&server.into(), DEADLINE).unwrap();
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            stream,
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        self.stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .unwrap();
-    }
-
-    fn recv(&mut self) -> String {
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line).unwrap();
-        assert!(n > 0, "server closed the connection");
-        assert!(line.ends_with("\r\n"), "lines end in CRLF: {line:?}");
-        line.trim_end_matches("\r\n").to_string()
-    }
-
-    fn ask(&mut self, line: &str) -> String {
-        self.send(line);
-        self.recv()
-    }
-
-    /// True once the server has closed the connection (EOF), within the deadline.
-    fn is_closed(&mut self) -> bool {
-        let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).is_ok()
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.stream.local_addr().unwrap()
-    }
 }
 
 fn node_addrs(reply: &str) -> Vec<SocketAddr> {
@@ -218,13 +167,13 @@ fn bad_input_gets_an_error_line_and_the_connection_survives() {
         c.ask("BOOTSTRAP 500"),
         "ERROR BOOTSTRAP: <n> must be an integer in 1..=100, got \"500\""
     );
-    c.stream.write_all(b"\xc3\x28\n").unwrap();
+    c.stream().write_all(b"\xc3\x28\n").unwrap();
     assert_eq!(
         c.recv(),
         "ERROR line is not valid UTF-8 (first bad byte at offset 0)"
     );
     // Bare \n is accepted too.
-    c.stream.write_all(b"SOURCE TCP\n").unwrap();
+    c.stream().write_all(b"SOURCE TCP\n").unwrap();
     assert!(c.recv().starts_with("REMOTE TCP "));
 }
 
@@ -232,7 +181,7 @@ fn bad_input_gets_an_error_line_and_the_connection_survives() {
 fn an_oversized_line_closes_that_connection_only() {
     let server = start(Config::default());
     let mut bad = Client::from("127.0.0.13", server.addr());
-    bad.stream.write_all(&vec![b'A'; 10_000]).unwrap();
+    bad.stream().write_all(&vec![b'A'; 10_000]).unwrap();
     assert_eq!(bad.recv(), "ERROR line too long: 10000 bytes (limit 4096)");
     assert!(bad.is_closed());
     let mut good = Client::from("127.0.0.13", server.addr());
@@ -294,11 +243,11 @@ fn a_request_sent_with_the_fin_is_answered_and_the_connection_closed_at_once() {
     let server = start(Config::default());
     for _ in 0..20 {
         let mut c = Client::from("127.0.0.1", server.addr());
-        c.stream.write_all(b"SOURCE TCP\r\n").unwrap();
-        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        c.stream().write_all(b"SOURCE TCP\r\n").unwrap();
+        c.stream().shutdown(std::net::Shutdown::Write).unwrap();
         let started = Instant::now();
         let mut all = String::new();
-        c.reader.read_to_string(&mut all).unwrap();
+        c.read_to_string(&mut all).unwrap();
         assert!(all.starts_with("REMOTE TCP "), "{all:?}");
         assert!(
             started.elapsed() < Duration::from_secs(2),

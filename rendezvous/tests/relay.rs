@@ -7,11 +7,10 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use node::proto::rendezvous::RelayToken;
-use node::testkit::ServerProcess;
 use rendezvous::core::Stats;
 use rendezvous::{Config, LiveStats, Server, ShutdownHandle};
-use socket2::{Domain, Socket, Type};
+use server_kit::testkit::{ServerProcess, connect_from as connect};
+use wire::rendezvous::RelayToken;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -77,18 +76,6 @@ fn config() -> Config {
 
 fn token(n: u8) -> String {
     RelayToken::from_bytes([n; 32]).to_string()
-}
-
-/// A client connected from a chosen loopback address.
-fn connect(ip: &str, server: SocketAddr) -> TcpStream {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let local: SocketAddr = format!("{ip}:0").parse().unwrap();
-    socket.bind(&local.into()).unwrap();
-    socket.connect_timeout(&server.into(), DEADLINE).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
 }
 
 /// Reads exactly `n` bytes.

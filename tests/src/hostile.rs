@@ -7,12 +7,14 @@
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+pub mod signed;
 
 /// How long any single read or connect in these helpers may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,6 +55,30 @@ pub fn connect_from_with(
 /// [`connect_from_with`] without a receive-buffer change.
 pub fn connect_from(local: IpAddr, server: SocketAddr) -> io::Result<TcpStream> {
     connect_from_with(local, server, None)
+}
+
+/// A third party listening on `ip`: whoever connects to it is accepted and the first bytes
+/// it sends (up to 256, within a second) recorded, one entry per connection.
+///
+/// # Panics
+/// If it cannot listen.
+pub fn third_party(ip: IpAddr) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("a listener");
+    let addr = listener.local_addr().expect("its address");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut first = [0u8; 256];
+            let n = s.read(&mut first).unwrap_or(0);
+            if let Ok(mut seen) = record.lock() {
+                seen.push(first[..n].to_vec());
+            }
+        }
+    });
+    (addr, seen)
 }
 
 /// A line-protocol client (rendezvous, dht-msg, a node's plain lines).

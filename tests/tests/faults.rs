@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use integration_tests::hostile::{LineClient, lo};
 use integration_tests::{binary, loopback_node, take_lines, turn_all};
-use node::testkit::ServerProcess;
 use node::{Config, Net};
+use server_kit::testkit::ServerProcess;
 
 /// Starts `bin --listen addr args` again on the same address (the port of a killed server can
 /// be taken again at once: std binds with `SO_REUSEADDR`); retried briefly in case the port

@@ -548,7 +548,7 @@ fn posts_past_a_mailbox_quota_are_refused_with_a_reason_and_nothing_is_dropped()
 
 /// A client that sends valid requests as fast as the socket takes them and reads every reply
 /// (so the output cap never applies): it gets its share of the loop (at most
-/// `node::server::READ_BUDGET_BYTES` per turn), not all of it.
+/// `wire::io::READ_BUDGET_BYTES` per turn), not all of it.
 #[test]
 fn a_greedy_client_writing_as_fast_as_it_can_does_not_starve_others() {
     let mut v = Victims::start(config());

@@ -12,7 +12,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::{binary, lab_preconditions};
+use integration_tests::{binary, lab_preconditions, node_command};
 use netns_sim::{Lab, LabChild, NatKind, Topology, TwoNats};
 
 fn spawn_server(lab: &Lab, host: &str, bin: &str, args: &[&str]) -> LabChild {
@@ -31,6 +31,25 @@ fn spawn_server(lab: &Lab, host: &str, bin: &str, args: &[&str]) -> LabChild {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+/// A bystander on `pub2` (port 9000) that says whom it accepted.
+fn bystander(lab: &Lab, ip: &str) -> LabChild {
+    let child = lab
+        .spawn(
+            "pub2",
+            Command::new(binary("netns-sim")).args([
+                "probe",
+                "serve",
+                "--listen",
+                &format!("{ip}:9000"),
+            ]),
+        )
+        .unwrap();
+    child
+        .wait_for_stdout("listening on", Duration::from_secs(5))
+        .unwrap();
     child
 }
 
@@ -105,20 +124,7 @@ fn per_ip_limits_see_the_nat_half_open_connections_are_reaped_and_no_third_addre
         "forwarding-check",
         &["--listen", &fc, "--connect-timeout", "1s"],
     );
-    let bystander = lab
-        .spawn(
-            "pub2",
-            Command::new(binary("netns-sim")).args([
-                "probe",
-                "serve",
-                "--listen",
-                &format!("{bystander_ip}:9000"),
-            ]),
-        )
-        .unwrap();
-    bystander
-        .wait_for_stdout("listening on", Duration::from_secs(5))
-        .unwrap();
+    let bystander = bystander(&lab, &bystander_ip);
 
     // The victim, bob, behind the other NAT.
     let (_, before_p50, before_max) = ask(&lab, "bob", &rv, 20, "SOURCE TCP");
@@ -242,5 +248,113 @@ fn per_ip_limits_see_the_nat_half_open_connections_are_reaped_and_no_third_addre
         "HOSTILE netns forwarding-check / third address {bystander_ip}:9000 named in a parameter or \
          an X-Forwarded-For header: 400 or a check of {nat_a}:9000 instead; the bystander was \
          never dialed"
+    );
+}
+
+/// Signed requests across a real NAT: the attacker (alice, behind nat-a) posts forged, wrongly
+/// signed, tampered, stale, misaddressed and replayed `REVERSE3` requests, and genuine ones by
+/// its own key naming a bystander's address (`pub2`), to the mailbox of bob's node (behind
+/// nat-b, default flags). bob logs each refusal with the check that failed; the bystander is
+/// dialed only for the genuine ones, and sees our handshake, not a line.
+#[test]
+fn signed_requests_forged_replayed_or_wrongly_signed_are_refused_across_nats() {
+    if !lab_preconditions(&[]) {
+        return;
+    }
+    let lab = Lab::up(&Topology::two_nats(TwoNats {
+        a: NatKind::PortRestricted,
+        b: NatKind::PortRestricted,
+        ..TwoNats::default()
+    }))
+    .unwrap();
+    let pub_ip = lab.addr("pub").to_string();
+    let bystander_ip = lab.addr("pub2").to_string();
+    let (rv, dht) = (format!("{pub_ip}:8000"), format!("{pub_ip}:8090"));
+    let _rv = spawn_server(&lab, "pub", "rendezvous", &["--listen", &rv]);
+    let _dht = spawn_server(&lab, "pub", "dht-msg", &["--listen", &dht]);
+    let bystander = bystander(&lab, &bystander_ip);
+    let bob = lab
+        .spawn(
+            "bob",
+            node_command(&lab, "bob")
+                .args(["run", "--rendezvous", &rv, "--dht-msg", &dht])
+                .env("RUST_LOG", "info"),
+        )
+        .unwrap();
+    let started = Instant::now();
+    while !bob.stderr().contains("mailbox registered") {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "bob: {}",
+            bob.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = bob.stderr();
+    let node_id: node::wire::unl::NodeId = log
+        .split("node_id=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("bob logs his node id")
+        .parse()
+        .unwrap();
+    let third: std::net::SocketAddr = format!("{bystander_ip}:9000").parse().unwrap();
+    let mallory = node::identity::Identity::from_secret_bytes(&[66; 32]);
+    let alice = node::identity::Identity::from_secret_bytes(&[2; 32]);
+    let rounds = 3u8;
+    let mut posted = 0;
+    for round in 0..rounds {
+        for attack in integration_tests::hostile::signed::signed_request_attacks(
+            node_id, third, &mallory, &alice, round,
+        ) {
+            let put = format!("PUT {} {}", node_id.mailbox_id(), attack.body);
+            let (replies, _, _) = ask(&lab, "alice", &dht, 1, &put);
+            assert!(
+                replies.first().is_some_and(|r| r.starts_with("OK PUT")),
+                "{replies:?}"
+            );
+            posted += 1;
+        }
+    }
+    let refusals = |log: &str, check: &str| {
+        log.lines()
+            .filter(|l| l.contains("request refused") && l.contains(&format!("check=\"{check}\"")))
+            .count()
+    };
+    let rounds = usize::from(rounds);
+    let started = Instant::now();
+    loop {
+        let log = bob.stderr();
+        let refused = log.matches("request refused").count();
+        let acted = log.matches("reverse connect requested; dialing").count();
+        if refused + acted >= posted {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "bob saw {refused} refused and {acted} acted on of {posted}: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let log = bob.stderr();
+    assert_eq!(refusals(&log, "forged"), 3 * rounds, "{log}");
+    assert_eq!(refusals(&log, "stale"), rounds, "{log}");
+    assert_eq!(refusals(&log, "not_for_us"), rounds, "{log}");
+    assert_eq!(refusals(&log, "replayed"), rounds, "{log}");
+    let acted = log.matches("reverse connect requested; dialing").count();
+    assert_eq!(
+        acted, rounds,
+        "mallory's burst covers her genuine requests: {log}"
+    );
+    // Each dial to the bystander was refused by our handshake (it cannot prove mallory's key).
+    let accepted = bystander.stdout().matches("accepted from").count();
+    assert!(accepted <= rounds, "{}", bystander.stdout());
+    println!(
+        "HOSTILE netns node / {posted} signed requests from behind a NAT (forged, wrongly signed, \
+         tampered, stale, misaddressed, replayed, genuine to a bystander): {} forged, {rounds} \
+         stale, {rounds} misaddressed, {rounds} replayed refused and logged; {acted} genuine acted \
+         on; the bystander saw {accepted} connections, each a handshake expecting mallory's key",
+        refusals(&log, "forged")
     );
 }

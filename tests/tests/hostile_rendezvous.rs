@@ -452,7 +452,7 @@ fn forged_fight_challenge_and_accept_reach_nobody() {
     );
 }
 
-/// Each connection gets at most `node::server::READ_BUDGET_BYTES` per turn of the loop (before,
+/// Each connection gets at most `wire::io::READ_BUDGET_BYTES` per turn of the loop (before,
 /// the driver read a socket until it would block: here the victim's p50 went from 0.1 ms to
 /// 25 ms; with the budget, about 10 ms on this 2-core machine, where the attacker's threads
 /// also take CPU from the server).

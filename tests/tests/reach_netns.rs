@@ -1,9 +1,11 @@
 //! Reachability across real NATs (netns-sim, real miniupnpd, real processes): alice's node
-//! maps its port with UPnP, or with NAT-PMP, proves it with the forwarding check on `pub`,
+//! maps its port with PCP, UPnP or NAT-PMP, proves it with the forwarding check on `pub`,
 //! becomes passive and advertises; bob, behind another NAT, bootstraps from the rendezvous and
 //! connects to her directly; when alice stops, the mapping is gone from the router. Without
 //! miniupnpd, alice is not passive and the report says why; a router that refuses, a
 //! forwarding check that is down: each ends quickly with a reason, and the node still starts.
+//! PCP also opens an IPv6 pinhole in the router's firewall (`pcp-pinhole`, the library's
+//! client) that lets `pub` in until it expires.
 //!
 //! Needs root: skipped with a message without it, unless `CI` is set (then it fails).
 
@@ -12,7 +14,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::{binary, lab_preconditions};
+use integration_tests::{binary, lab_preconditions, node_command};
 use netns_sim::{Lab, LabChild, MappingProtocols, NatKind, Topology, TwoNats};
 use serde_json::Value;
 
@@ -108,7 +110,7 @@ fn reachability(
     args.extend_from_slice(extra);
     let started = Instant::now();
     let mut child = lab
-        .spawn(host, Command::new(binary("p2p-node")).args(&args))
+        .spawn(host, node_command(lab, host).args(&args))
         .unwrap();
     let status = child.wait_timeout(WAIT).unwrap();
     let took = started.elapsed();
@@ -144,7 +146,7 @@ fn run_alice(lab: &Lab, s: &Servers, extra: &[&str]) -> LabChild {
         "--show-events",
     ];
     args.extend_from_slice(extra);
-    lab.spawn("alice", Command::new(binary("p2p-node")).args(&args))
+    lab.spawn("alice", node_command(lab, "alice").args(&args))
         .unwrap()
 }
 
@@ -156,7 +158,7 @@ fn bob_connects_directly(lab: &Lab, s: &Servers, alice: &mut LabChild) {
     let mut bob = lab
         .spawn(
             "bob",
-            Command::new(binary("p2p-node")).args([
+            node_command(lab, "bob").args([
                 "run",
                 "--rendezvous",
                 &s.rendezvous,
@@ -273,30 +275,8 @@ fn natpmp_makes_alice_passive_renews_the_lease_and_stop_removes_the_mapping() {
     let lab = lab(NatKind::PortRestricted, Some(MappingProtocols::Natpmp));
     let s = servers(&lab);
 
-    // A 4 s lease: renewed at half-life while the node runs.
-    let mut alice = run_alice(&lab, &s, &["--mapping-lease", "4s"]);
-    wait_stderr(&alice, "advertised");
-    let mapped_at = Instant::now();
-    let log = alice.stderr();
-    assert!(log.contains("reachable: passive"), "{log}");
-    assert!(log.contains("forwarding=natpmp"), "{log}");
-    // UPnP is off on this router: its discovery does not delay the outcome.
-    assert!(router_rules(&lab).contains(&format!("dport {PORT}")));
-    wait_stderr(&alice, "port mapping renewed");
-
-    // Past the first lease, the mapping still works: bob gets in directly.
-    let lease_end = mapped_at + Duration::from_millis(4500);
-    std::thread::sleep(lease_end.saturating_duration_since(Instant::now()));
-    bob_connects_directly(&lab, &s, &mut alice);
-
-    stop(&mut alice);
-    assert!(
-        alice.stderr().contains("port mapping deleted"),
-        "{}",
-        alice.stderr()
-    );
-    let rules = router_rules(&lab);
-    assert!(!rules.contains(&format!("dport {PORT}")), "{rules}");
+    // miniupnpd answers PCP on the same port (one switch in 2.3.1): --no-pcp leaves NAT-PMP.
+    short_lease_renewed_bob_gets_in_and_stop_deletes(&lab, &s, "natpmp", &["--no-pcp"]);
 }
 
 #[test]
@@ -362,4 +342,201 @@ fn without_miniupnpd_alice_is_not_passive_says_why_and_her_node_still_starts() {
         alice.stderr()
     );
     stop(&mut alice);
+}
+
+#[test]
+fn pcp_is_used_first_renews_the_lease_and_stop_removes_the_mapping() {
+    if !lab_preconditions(&["miniupnpd", "nft"]) {
+        return;
+    }
+    let lab = lab(NatKind::PortRestricted, Some(MappingProtocols::Both));
+    let s = servers(&lab);
+    let wan = lab.addr("nat-a").to_string();
+
+    // The report: PCP first (UPnP and NAT-PMP answer too), the router's address from the
+    // mapping, every step with its time; the mapping is deleted when the command exits.
+    let (report, took) = reachability(&lab, "alice", &s, PORT, &[]);
+    assert_eq!(report["node_type"], "passive", "{report}");
+    assert_eq!(report["forwarding"], "pcp");
+    assert_eq!(report["proven"], true);
+    assert_eq!(report["mapping"]["protocol"], "pcp");
+    assert_eq!(report["mapping"]["external_ip"], wan.as_str());
+    assert_eq!(
+        (&report["wan_ip"], &report["wan_ip_source"]),
+        (&serde_json::json!(wan), &serde_json::json!("pcp"))
+    );
+    for st in ["discover", "map", "check"] {
+        assert_eq!(step(&report, "pcp", st)["outcome"], "ok", "{report}");
+    }
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let rules = router_rules(&lab);
+    assert!(!rules.contains(&format!("dport {PORT}")), "{rules}");
+
+    // Without PCP the same port speaks NAT-PMP, its fallback.
+    let (report, _) = reachability(&lab, "alice", &s, PORT, &["--no-pcp", "--no-upnp"]);
+    assert_eq!(report["forwarding"], "natpmp", "{report}");
+    assert_eq!(step(&report, "pcp", "discover")["outcome"], "skipped");
+
+    // The node: a 4 s lease renewed at half-life with the same nonce.
+    short_lease_renewed_bob_gets_in_and_stop_deletes(&lab, &s, "pcp", &[]);
+}
+
+/// alice runs with a 4 s lease (and `extra`) and becomes passive through `forwarding`: the
+/// mapping is on the router, renewed at half-life, still lets bob in directly past the first
+/// lease, and is gone from the router once she stops.
+fn short_lease_renewed_bob_gets_in_and_stop_deletes(
+    lab: &Lab,
+    s: &Servers,
+    forwarding: &str,
+    extra: &[&str],
+) {
+    let mut args = vec!["--mapping-lease", "4s"];
+    args.extend_from_slice(extra);
+    let mut alice = run_alice(lab, s, &args);
+    wait_stderr(&alice, "advertised");
+    let mapped_at = Instant::now();
+    let log = alice.stderr();
+    assert!(log.contains("reachable: passive"), "{log}");
+    assert!(log.contains(&format!("forwarding={forwarding}")), "{log}");
+    assert!(router_rules(lab).contains(&format!("dport {PORT}")));
+    wait_stderr(&alice, "port mapping renewed");
+    let lease_end = mapped_at + Duration::from_millis(4500);
+    std::thread::sleep(lease_end.saturating_duration_since(Instant::now()));
+    bob_connects_directly(lab, s, &mut alice);
+    stop(&mut alice);
+    assert!(
+        alice.stderr().contains("port mapping deleted"),
+        "{}",
+        alice.stderr()
+    );
+    let rules = router_rules(lab);
+    assert!(!rules.contains(&format!("dport {PORT}")), "{rules}");
+}
+
+/// `netns-sim probe connect` from pub to `to`: what alice's server saw, or why not.
+fn pub_connects(lab: &Lab, to: &str) -> Result<String, String> {
+    let out = lab
+        .exec(
+            "pub",
+            &[
+                binary("netns-sim").to_str().unwrap(),
+                "probe",
+                "connect",
+                to,
+                "--timeout-ms",
+                "1000",
+            ],
+        )
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+/// The pinholes in nat-a's IPv6 firewall (see `netns_sim::ipv6`).
+fn pinholes(lab: &Lab) -> String {
+    lab.exec_ok(
+        "nat-a",
+        &["nft", "list", "chain", "inet", "netns_sim6", "pinholes"],
+    )
+    .unwrap()
+}
+
+#[test]
+fn pcp_opens_an_ipv6_pinhole_that_lets_pub_in_until_it_goes() {
+    if !lab_preconditions(&["miniupnpd", "nft"]) {
+        return;
+    }
+    let lab = Lab::up(&Topology::two_nats(TwoNats {
+        a: NatKind::PortRestricted,
+        upnp_a: true,
+        ipv6: true,
+        ..TwoNats::default()
+    }))
+    .unwrap();
+    let alice6 = lab.addr6("alice");
+    let internal = format!("[{alice6}]:50600");
+    let server = lab
+        .spawn(
+            "alice",
+            Command::new(binary("netns-sim")).args(["probe", "serve", "--listen", "[::]:50600"]),
+        )
+        .unwrap();
+    wait_stdout_line(&server, "listening");
+    let err = pub_connects(&lab, &internal).unwrap_err();
+    assert!(err.contains("timed out"), "the firewall drops it: {err}");
+
+    // The IPv6 default gateway is the PCP server; the grant names alice's own address (no
+    // translation) and the lifetime asked for.
+    let mut hole = lab
+        .spawn(
+            "alice",
+            Command::new(binary("pcp-pinhole")).args(["--internal", &internal, "--lifetime", "6"]),
+        )
+        .unwrap();
+    let opened: Value = serde_json::from_str(&wait_stdout_line(&hole, "\"opened\"")).unwrap();
+    let opened_at = Instant::now();
+    assert_eq!(opened["server"], "[2001:db8:1::1]:5351", "{opened}");
+    assert_eq!(opened["external"], internal.as_str());
+    assert_eq!(opened["lifetime"], 6);
+    assert!(pinholes(&lab).contains("dport 50600"), "{}", pinholes(&lab));
+    let seen = pub_connects(&lab, &internal).unwrap();
+    assert!(seen.starts_with("[2001:db8::2]:"), "{seen}");
+
+    // Renewal at half-life: the same nonce, granted again, and the pinhole outlives its
+    // first lifetime.
+    std::thread::sleep(
+        (opened_at + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
+    );
+    hole.send_line("renew").unwrap();
+    let renewed: Value = serde_json::from_str(&wait_stdout_line(&hole, "\"renewed\"")).unwrap();
+    assert_eq!(renewed["nonce"], opened["nonce"]);
+    assert_eq!(renewed["lifetime"], 6);
+    let renewed_at = Instant::now();
+    std::thread::sleep(
+        (opened_at + Duration::from_millis(7500)).saturating_duration_since(Instant::now()),
+    );
+    assert!(
+        pinholes(&lab).contains("dport 50600"),
+        "renewed, still open"
+    );
+    assert!(pub_connects(&lab, &internal).is_ok());
+
+    // Deletion: miniupnpd 2.3.1's nftables backend cannot find its own pinhole and answers
+    // NOT_AUTHORIZED; then the pinhole goes when its lifetime ends. A server that deletes it
+    // must close it at once.
+    hole.send_line("delete").unwrap();
+    let line = wait_stdout_line(&hole, "\"delete");
+    let gone_by = if line.contains("\"deleted\"") {
+        Instant::now()
+    } else {
+        assert!(line.contains("NOT_AUTHORIZED (2)"), "{line}");
+        renewed_at + Duration::from_secs(6 + 3)
+    };
+    loop {
+        if !pinholes(&lab).contains("dport 50600") {
+            break;
+        }
+        assert!(Instant::now() < gone_by, "still open: {}", pinholes(&lab));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "pinhole open {:?} after the grant, {:?} after the renewal: {line}",
+        opened_at.elapsed(),
+        renewed_at.elapsed()
+    );
+    let err = pub_connects(&lab, &internal).unwrap_err();
+    assert!(err.contains("timed out"), "closed again: {err}");
+    hole.send_line("quit").unwrap();
+    assert!(hole.wait_timeout(WAIT).unwrap().success());
+}
+
+/// Waits for a stdout line of `child` containing `needle`; returns that line.
+fn wait_stdout_line(child: &LabChild, needle: &str) -> String {
+    child
+        .wait_for_stdout(needle, WAIT)
+        .unwrap_or_else(|e| panic!("{e}; stderr: {}", child.stderr()))
 }

@@ -5,30 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::{binary, lab_preconditions};
+use integration_tests::{Scratch, binary, lab_preconditions, node_command};
 use netns_sim::{Lab, LabChild, NatKind, Topology, TwoNats};
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("unl-netns-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Starts dht-msg on `pub` and returns its `host:port` once it accepts connections.
 fn start_dht_msg(lab: &Lab) -> (LabChild, String) {
@@ -56,9 +38,7 @@ fn run_node(lab: &Lab, host: &str, dir: &Path, args: &[&str]) -> (LabChild, Stri
     let unl_file = dir.join(format!("{host}.unl"));
     let mut all = vec!["run", "--unl-file", unl_file.to_str().unwrap()];
     all.extend_from_slice(args);
-    let child = lab
-        .spawn(host, Command::new(binary("p2p-node")).args(&all))
-        .unwrap();
+    let child = lab.spawn(host, node_command(lab, host).args(&all)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(text) = std::fs::read_to_string(&unl_file)
@@ -80,9 +60,7 @@ fn run_node(lab: &Lab, host: &str, dir: &Path, args: &[&str]) -> (LabChild, Stri
 fn connect(lab: &Lab, host: &str, unl: &str, args: &[&str]) -> (LabChild, String) {
     let mut all = vec!["connect", unl, "--json"];
     all.extend_from_slice(args);
-    let child = lab
-        .spawn(host, Command::new(binary("p2p-node")).args(&all))
-        .unwrap();
+    let child = lab.spawn(host, node_command(lab, host).args(&all)).unwrap();
     let line = child
         .wait_for_stdout("\"connected\":", Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("{host}: no outcome: {e}; stderr: {}", child.stderr()));

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use dht_msg::{Config, RunningServer};
-use node::units::parse_duration;
+use wire::units::parse_duration;
 
 /// End-to-end messages per second through a dht-msg server (loopback only).
 ///

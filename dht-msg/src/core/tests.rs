@@ -3,9 +3,10 @@
 
 use super::*;
 use proptest::prelude::*;
+use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 
-struct Harness {
+pub(super) struct Harness {
     core: Core,
     now: Instant,
     /// Everything each connection was sent, not yet read by the test.
@@ -16,7 +17,9 @@ struct Harness {
     store: Vec<StoreOp>,
 }
 
-const SALT: [u8; 32] = [42; 32];
+pub(super) const SALT: [u8; 32] = [42; 32];
+/// The server's address every test connection dialed.
+const LOCAL: &str = "192.0.2.100:8090";
 
 impl Harness {
     fn new(config: Config) -> Self {
@@ -38,7 +41,7 @@ impl Harness {
     fn open(&mut self, peer: &str) -> ConnId {
         let id = self
             .core
-            .handle_open(self.now, peer.parse().unwrap())
+            .handle_open(self.now, peer.parse().unwrap(), LOCAL.parse().unwrap())
             .unwrap();
         self.output.remove(&id);
         self.closed.remove(&id);
@@ -136,7 +139,7 @@ fn body(response: &str) -> &str {
     response.split_once("\r\n\r\n").unwrap().1
 }
 
-fn config() -> Config {
+pub(super) fn config() -> Config {
     Config::default()
 }
 
@@ -221,13 +224,16 @@ fn secrets_are_stored_hashed_with_the_salt() {
     let Some(StoreOp::PutMailbox(record)) = h.store.first() else {
         panic!("{:?}", h.store)
     };
-    assert!(!record.secret_hash.windows(6).any(|w| w == b"s3cret"));
+    let Owner::Secret(hash) = record.owner else {
+        panic!("{:?}", record.owner)
+    };
+    assert!(!hash.windows(6).any(|w| w == b"s3cret"));
     let mut want = Sha256::new();
     want.update(SALT);
     want.update([3u8]);
     want.update(b"bob");
     want.update(b"s3cret");
-    assert_eq!(record.secret_hash[..], want.finalize()[..]);
+    assert_eq!(hash[..], want.finalize()[..]);
 }
 
 #[test]
@@ -493,6 +499,38 @@ fn pushes_to_a_slow_reader_pause_and_resume() {
 }
 
 #[test]
+fn a_subscription_remembers_only_pending_pushes_and_pushes_each_new_message_once() {
+    let mut h = Harness::new(config());
+    let bob = h.owner("10.0.0.2:5000", "bob");
+    h.ask(bob, "SUBSCRIBE");
+    let c = h.open("10.0.0.3:5000");
+    let pushed_set = |h: &Harness| {
+        h.core
+            .conns
+            .get(bob)
+            .unwrap()
+            .subscription
+            .as_ref()
+            .unwrap()
+            .pushed
+            .len()
+    };
+    for round in 1..=50u64 {
+        assert!(h.ask(c, &format!("PUT bob m{round}"))[0].starts_with("OK PUT"));
+        let lines = h.take_lines(bob);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let id = lines[0].split(' ').nth(1).unwrap().to_owned();
+        // Every other round leaves one message unacknowledged.
+        if round % 2 == 0 {
+            assert_eq!(h.ask(bob, &format!("ACK {id}")), [format!("OK ACK {id}")]);
+        }
+        assert_eq!(pushed_set(&h), h.core.stats().messages);
+    }
+    assert_eq!(h.core.stats().messages, 25);
+    assert_eq!(h.core.stats().pushed, 50);
+}
+
+#[test]
 fn a_client_that_never_reads_its_replies_is_dropped() {
     let mut h = Harness::new(Config {
         max_output_bytes: 100,
@@ -518,7 +556,7 @@ fn connection_caps() {
     h.open("10.0.0.1:2");
     assert_eq!(
         h.core
-            .handle_open(h.now, "10.0.0.1:3".parse().unwrap())
+            .handle_open(h.now, "10.0.0.1:3".parse().unwrap(), LOCAL.parse().unwrap())
             .unwrap_err()
             .to_string(),
         "too many connections from 10.0.0.1 (limit 2)"
@@ -526,7 +564,7 @@ fn connection_caps() {
     h.open("10.0.0.2:1");
     assert_eq!(
         h.core
-            .handle_open(h.now, "10.0.0.3:1".parse().unwrap())
+            .handle_open(h.now, "10.0.0.3:1".parse().unwrap(), LOCAL.parse().unwrap())
             .unwrap_err(),
         Refusal::ServerFull { limit: 3 }
     );
@@ -856,3 +894,6 @@ proptest! {
         prop_assert!(pushed.last().is_some_and(|l| l.ends_with(" - still here")), "{:?}", pushed);
     }
 }
+
+#[path = "tests_keys.rs"]
+mod keys;

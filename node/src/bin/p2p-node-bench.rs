@@ -1,11 +1,17 @@
 //! `p2p-node-bench`: numbers for the node, on loopback only.
 //!
-//! - `throughput`: lines per second over one node-to-node connection (100-byte lines).
+//! - `throughput`: lines per second over one node-to-node connection (100-byte lines),
+//!   encrypted (the default between nodes) and plain text in the same run.
 //! - `latency`: one-way latency of single lines at low load; both nodes block in `Net::poll`
-//!   (no spinning), each in its own thread.
+//!   (no spinning), each in its own thread; encrypted and plain text in the same run.
 //! - `flood`: time for one broadcast to reach every node of an N-node overlay (each node in its
-//!   own thread, blocking in `Net::poll`).
-//! - `idle`: memory per idle connection (RSS growth of a node holding N connections).
+//!   own thread, blocking in `Net::poll`); encrypted links, or `--plain`.
+//! - `idle`: memory per idle connection (RSS growth of a node holding N plain-text
+//!   connections from raw clients).
+//! - `connect`: time from `connect(unl)` to the connect's outcome between two nodes, by a v3
+//!   UNL (encrypted) and by its v2 form (plain text), in the same run.
+//! - `noise`: encrypted lines beside plain and raw ones (lines/s, MB/s, one-way latency),
+//!   handshakes per second on one core, and the time a handshake adds to a connect.
 
 #![allow(
     clippy::doc_markdown,
@@ -22,6 +28,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use node::{Config, Net};
+
+#[path = "p2p-node-bench/noise.rs"]
+mod noise;
 
 /// Benchmarks of the node on loopback (prints numbers; asserts nothing).
 #[derive(Debug, Parser)]
@@ -48,8 +57,17 @@ enum Mode {
         #[arg(long, default_value_t = 20_000)]
         samples: usize,
     },
+    /// Time from `connect(unl)` to the outcome: encrypted (v3 UNL) and plain (v2 UNL).
+    Connect {
+        /// Connects to time, each way.
+        #[arg(long, default_value_t = 300)]
+        rounds: usize,
+    },
     /// Time for a broadcast to reach every node of an overlay.
     Flood {
+        /// Plain-text links instead of encrypted ones.
+        #[arg(long)]
+        plain: bool,
         /// Nodes in the overlay.
         #[arg(long, default_value_t = 50)]
         nodes: usize,
@@ -63,14 +81,47 @@ enum Mode {
         #[arg(long, default_value_t = 5000)]
         count: usize,
     },
+    /// Encrypted connections: throughput and latency beside plain and raw, handshakes/s.
+    Noise {
+        /// Lines to send in each throughput run.
+        #[arg(long, default_value_t = 2_000_000)]
+        lines: usize,
+        /// Bytes per line (without terminator).
+        #[arg(long, default_value_t = 100)]
+        bytes: usize,
+        /// Lines to time for latency.
+        #[arg(long, default_value_t = 20_000)]
+        samples: usize,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().mode {
-        Mode::Throughput { lines, bytes } => throughput(lines, bytes),
-        Mode::Latency { samples } => latency(samples),
-        Mode::Flood { nodes, rounds } => flood(nodes, rounds),
+        Mode::Throughput { lines, bytes } => {
+            let encrypted = throughput(lines, bytes, false)?;
+            let plain = throughput(lines, bytes, true)?;
+            println!(
+                "throughput: encrypted is {:.0} % of plain text",
+                100.0 * encrypted / plain
+            );
+            Ok(())
+        }
+        Mode::Latency { samples } => {
+            latency(samples, false)?;
+            latency(samples, true)
+        }
+        Mode::Connect { rounds } => connect_times(rounds),
+        Mode::Flood {
+            plain,
+            nodes,
+            rounds,
+        } => flood(nodes, rounds, plain),
         Mode::Idle { count } => idle(count),
+        Mode::Noise {
+            lines,
+            bytes,
+            samples,
+        } => noise::run(lines, bytes, samples),
     }
 }
 
@@ -82,11 +133,12 @@ fn loopback() -> Config {
         .with_max_output_bytes(1 << 30)
 }
 
-/// A listening node and a node connected to it, both ready.
-fn pair() -> Result<(Net, Net)> {
+/// A listening node and a node connected to it, both ready (`plain`: a plain-text
+/// connection, else encrypted as by default).
+fn pair(plain: bool) -> Result<(Net, Net)> {
     let mut a = Net::new(loopback())?;
     a.start()?;
-    let mut b = Net::new(loopback().with_listen(false))?;
+    let mut b = Net::new(loopback().with_listen(false).with_plaintext_dials(plain))?;
     b.connect(a.local_addr().context("a listens")?);
     let deadline = Instant::now() + Duration::from_secs(5);
     while a.connection_count() == 0 || b.connection_count() == 0 {
@@ -104,8 +156,9 @@ fn pair() -> Result<(Net, Net)> {
     Ok((a, b))
 }
 
-fn throughput(lines: usize, bytes: usize) -> Result<()> {
-    let (mut rx, mut tx) = pair()?;
+/// Lines per second over one connection (printed; returned).
+fn throughput(lines: usize, bytes: usize, plain: bool) -> Result<f64> {
+    let (mut rx, mut tx) = pair(plain)?;
     let line = "x".repeat(bytes);
     let sender = std::thread::spawn(move || -> Result<()> {
         let mut sent = 0;
@@ -144,11 +197,16 @@ fn throughput(lines: usize, bytes: usize) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     println!(
-        "throughput: {lines} lines of {bytes} bytes in {secs:.3} s = {:.0} lines/s ({:.1} MB/s)",
+        "throughput {}: {lines} lines of {bytes} bytes in {secs:.3} s = {:.0} lines/s ({:.1} MB/s)",
+        kind(plain),
         lines as f64 / secs,
         (lines * (bytes + 2)) as f64 / secs / 1e6
     );
-    Ok(())
+    Ok(lines as f64 / secs)
+}
+
+fn kind(plain: bool) -> &'static str {
+    if plain { "plain    " } else { "encrypted" }
 }
 
 /// Bytes queued but not yet written, over every connection of `net`.
@@ -156,8 +214,8 @@ fn queued(net: &mut Net) -> usize {
     net.connections().map(|c| c.queued_bytes()).sum()
 }
 
-fn latency(samples: usize) -> Result<()> {
-    let (mut rx, mut tx) = pair()?;
+fn latency(samples: usize, plain: bool) -> Result<()> {
+    let (mut rx, mut tx) = pair(plain)?;
     let epoch = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let receiver = {
@@ -195,7 +253,8 @@ fn latency(samples: usize) -> Result<()> {
     delays.sort_unstable();
     let pct = |p: f64| delays[((delays.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
     println!(
-        "latency: {} lines, one-way p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us (blocking poll, no spinning)",
+        "latency {}: {} lines, one-way p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us (blocking poll, no spinning)",
+        kind(plain),
         delays.len(),
         pct(0.5),
         pct(0.99),
@@ -205,12 +264,12 @@ fn latency(samples: usize) -> Result<()> {
     Ok(())
 }
 
-fn flood(nodes: usize, rounds: usize) -> Result<()> {
+fn flood(nodes: usize, rounds: usize, plain: bool) -> Result<()> {
     // A random overlay without a rendezvous: node i dials 3 random earlier nodes.
     let mut nets = Vec::new();
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for i in 0..nodes {
-        let mut net = Net::new(loopback().with_seed(i as u64))?;
+        let mut net = Net::new(loopback().with_seed(i as u64).with_plaintext_dials(plain))?;
         net.start()?;
         for k in 0..3.min(i) {
             let j = (i * 7 + k * 13) % i;
@@ -301,11 +360,62 @@ fn flood(nodes: usize, rounds: usize) -> Result<()> {
     times.sort_unstable();
     let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
     println!(
-        "flood: {nodes} nodes, {links} links, {rounds} broadcasts; last node reached after p50 {:.0} us, p99 {:.0} us; deliveries {total} (expected {})",
+        "flood ({}): {nodes} nodes, {links} links, {rounds} broadcasts; last node reached after p50 {:.0} us, p99 {:.0} us; deliveries {total} (expected {})",
+        kind(plain).trim_end(),
         pct(0.5),
         pct(0.99),
         rounds * (nodes - 1)
     );
+    Ok(())
+}
+
+/// Time from `connect(unl)` to the connect's outcome, v3 (encrypted) and v2 (plain).
+fn connect_times(rounds: usize) -> Result<()> {
+    let mut alice = Net::new(loopback().with_node_type(node::Role::Passive))?;
+    alice.start()?;
+    let (v3, v2) = (alice.unl(), alice.unl_v2());
+    for (name, target) in [
+        ("encrypted (v3 UNL)", node::wire::unl::v3::AnyUnl::V3(v3)),
+        ("plain (v2 UNL)", node::wire::unl::v3::AnyUnl::V2(v2)),
+    ] {
+        let mut times = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let mut bob = Net::new(loopback().with_listen(false))?;
+            bob.start()?;
+            let start = Instant::now();
+            let id = bob.connect(&target);
+            let deadline = start + Duration::from_secs(5);
+            let outcome = loop {
+                bob.poll(Some(Duration::ZERO))?;
+                alice.poll(Some(Duration::ZERO))?;
+                if let Some(o) = bob.events().find_map(|e| match e {
+                    node::core::Event::ConnectDone(o) if o.id == id => Some(o),
+                    _ => None,
+                }) {
+                    break o;
+                }
+                if Instant::now() > deadline {
+                    bail!("{name}: no outcome within 5 s");
+                }
+            };
+            let took = start.elapsed();
+            if !outcome.connected {
+                bail!("{name}: {}", outcome.describe_tries());
+            }
+            times.push(took.as_secs_f64() * 1e6);
+            bob.stop();
+            for _ in 0..20 {
+                alice.poll(Some(Duration::ZERO))?;
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
+        println!(
+            "connect {name}: {rounds} connects on loopback, connect() to outcome p50 {:.0} us, p99 {:.0} us",
+            pct(0.5),
+            pct(0.99)
+        );
+    }
     Ok(())
 }
 
@@ -332,7 +442,10 @@ fn idle(count: usize) -> Result<()> {
     let before = rss_kib()?;
     let mut clients = Vec::with_capacity(count);
     for i in 0..count {
-        clients.push(TcpStream::connect(addr)?);
+        // A first byte that is not NUL: a plain-text peer (the node sniffs the first byte).
+        let mut client = TcpStream::connect(addr)?;
+        std::io::Write::write_all(&mut client, b"\r\n")?;
+        clients.push(client);
         if i % 100 == 0 {
             net.poll(Some(Duration::ZERO))?;
         }
@@ -354,7 +467,7 @@ fn idle(count: usize) -> Result<()> {
     // The clients' sockets live in the kernel; their user-space cost (a TcpStream each) is a
     // few bytes, counted here too, so this slightly overstates the node's share.
     println!(
-        "idle: {count} connections held; node RSS {before} KiB -> {after} KiB = {:.0} bytes per connection",
+        "idle: {count} plain-text connections held; node RSS {before} KiB -> {after} KiB = {:.0} bytes per connection",
         (after.saturating_sub(before) * 1024) as f64 / count as f64
     );
     drop(clients);

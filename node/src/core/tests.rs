@@ -1,7 +1,11 @@
 //! Unit tests of the core in virtual time.
 
+use std::time::Duration;
+
 use super::*;
-use crate::proto::overlay::Control;
+use crate::connect::ConnectOutcome;
+use wire::overlay::Control;
+use wire::rendezvous::Response;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -14,6 +18,7 @@ fn core(seed: u64) -> Core {
         node_type: NodeType::Passive,
         rendezvous: vec![addr("10.0.0.1:8000"), addr("10.0.0.2:8000")],
         max_inbound: 2,
+        max_reverse_per_minute: 16,
         ..CoreConfig::default()
     })
 }
@@ -92,7 +97,7 @@ fn a_connection_to_self_is_closed_and_not_dialed_again() {
     else {
         panic!("no query: {out:?}")
     };
-    let nodes = Response::Nodes(vec![crate::proto::rendezvous::NodeEntry {
+    let nodes = Response::Nodes(vec![wire::rendezvous::NodeEntry {
         node_type: NodeType::Passive,
         addr: a,
     }]);
@@ -352,8 +357,38 @@ fn nat_detection_asks_one_server_five_times() {
             panic!("{out:?}")
         };
         assert_eq!(*server, addr("10.0.0.1:8000"));
-        assert_eq!(lines, &vec!["SOURCE TCP".to_owned()]);
         let id = *id;
+        if i == 0 {
+            // Our extension first; an older server refuses it and is asked PyP2P's way.
+            assert_eq!(lines, &vec!["SOURCE ADDR".to_owned()]);
+            c.handle_query_done(
+                now,
+                id,
+                Ok(QueryReply {
+                    local: addr("10.0.0.9:39999"),
+                    line: Some("ERROR unknown command \"SOURCE ADDR\"".to_owned()),
+                }),
+            );
+            out = drain(&mut c);
+            let Some(Output::Query {
+                id: again, lines, ..
+            }) = out.first()
+            else {
+                panic!("{out:?}")
+            };
+            assert_eq!(lines, &vec!["SOURCE TCP".to_owned()]);
+            c.handle_query_done(
+                now,
+                *again,
+                Ok(QueryReply {
+                    local: addr(&format!("10.0.0.9:{}", 40000 + i * 3)),
+                    line: Some(format!("REMOTE TCP {}", 20000 + i)),
+                }),
+            );
+            out = drain(&mut c);
+            continue;
+        }
+        assert_eq!(lines, &vec!["SOURCE TCP".to_owned()]);
         c.handle_query_done(
             now,
             id,
@@ -426,8 +461,8 @@ mod unl_connect {
 
     use super::*;
     use crate::connect::{Method, TryResult};
-    use crate::proto::overlay::Nonce;
-    use crate::unl::{Forwarding, NatType, NodeType, Unl};
+    use wire::overlay::Nonce;
+    use wire::unl::{Forwarding, NatType, NodeType, Unl};
 
     const MAILBOX: &str = "10.0.0.50:8090";
 
@@ -452,11 +487,7 @@ mod unl_connect {
             drain(&mut c).as_slice(),
             [Output::MailboxDial { .. }]
         ));
-        c.handle_mailbox_open(now);
-        let id = c.node_id().mailbox_id();
-        c.handle_mailbox_line(now, &format!("OK REGISTERED {id} NEW"));
-        c.handle_mailbox_line(now, "OK SUBSCRIBED 0");
-        assert!(c.mailbox_up());
+        crate::core::mailbox::register_for_test(&mut c, now);
         drain(&mut c);
         c
     }
@@ -538,7 +569,13 @@ mod unl_connect {
         let id = alice.connect_unl(now, bob_unl);
         let out = drain(&mut alice);
         let target = addr("198.51.100.2:4000");
-        assert!(out.contains(&Output::Dial { addr: target }), "{out:?}");
+        assert!(
+            out.contains(&Output::Dial {
+                addr: target,
+                security: Security::Plain
+            }),
+            "{out:?}"
+        );
         assert!(put_body(&out).is_none(), "reverse waits for its head start");
         // Someone else answers at bob's address.
         let t1 = now + Duration::from_millis(5);
@@ -629,14 +666,18 @@ mod unl_connect {
         assert!(
             refused(&drain(&mut bob))
                 .unwrap()
-                .contains("not a REVERSE_CONNECT")
+                .contains("not a REVERSE3, RELAY3, REVERSE_CONNECT")
         );
         // The real thing: bob dials alice and opens with the nonce.
         let from = alice.node_id().mailbox_id();
         bob.handle_mailbox_line(now, &format!("MSG 4 {from} {request}"));
         let out = drain(&mut bob);
         let target = addr("192.0.2.1:4000");
-        assert!(out.contains(&Output::Dial { addr: target }), "{out:?}");
+        let dial = Output::Dial {
+            addr: target,
+            security: Security::Plain,
+        };
+        assert!(out.contains(&dial), "{out:?}");
         bob.handle_open(now, ConnId(1), target, Direction::Outbound);
         let out = drain(&mut bob);
         assert_eq!(
@@ -649,14 +690,16 @@ mod unl_connect {
         // Whoever answers there must be alice.
         bob.handle_line(now, ConnId(1), &iam(&core(9), None));
         assert_eq!(closed(&drain(&mut bob)).len(), 1);
-        // The rate limit: 16 a minute in all, 4 per sender (one used above).
+        // The rate limit (16 a minute in all here): a burst of 3 (16 / 5) per sender, one used
+        // above. The same nonce again is free once (a connect's reverse and relay requests),
+        // then pays like any other.
         for i in 0..20 {
             let r = crate::connect::ReverseRequest {
                 unl: Unl {
                     port: 5000 + i,
                     ..alice_unl
                 },
-                nonce: Nonce([5; 32]),
+                nonce: Nonce([u8::try_from(i % 2).unwrap() + 7; 32]),
             };
             bob.handle_mailbox_line(now, &format!("MSG {} {from} {r}", 10 + i));
         }
@@ -665,9 +708,11 @@ mod unl_connect {
             .iter()
             .filter(|o| matches!(o, Output::Dial { .. }))
             .count();
-        assert_eq!(dials, 3);
-        assert!(refused(&out).unwrap().contains("limit 4 per sender"));
-        // Other senders share what is left of the 16: 12 more.
+        // Nonce 7 pays (1 token left after it), nonce 8 pays (none left), each is free once
+        // more: 4 dials.
+        assert_eq!(dials, 4);
+        assert!(refused(&out).unwrap().contains("from "), "{out:?}");
+        // Other senders (at other IPs: one IP has a budget too) share what is left of the 16 in all (3 used): 13 more.
         for k in 0..5u16 {
             let sender = core(100 + u64::from(k));
             let sender_id = sender.node_id().mailbox_id();
@@ -676,9 +721,15 @@ mod unl_connect {
                     unl: Unl {
                         node_id: Some(sender.node_id()),
                         port: 6000 + k * 10 + i,
+                        wan_ip: std::net::Ipv4Addr::new(
+                            198,
+                            51,
+                            100,
+                            10 + u8::try_from(k).unwrap(),
+                        ),
                         ..alice_unl
                     },
-                    nonce: Nonce([6; 32]),
+                    nonce: Nonce([u8::try_from(10 + k * 4 + i).unwrap(); 32]),
                 };
                 bob.handle_mailbox_line(now, &format!("MSG {} {sender_id} {r}", 100 + k * 10 + i));
             }
@@ -688,7 +739,11 @@ mod unl_connect {
             .iter()
             .filter(|o| matches!(o, Output::Dial { .. }))
             .count();
-        assert_eq!(dials, 12);
-        assert!(refused(&out).unwrap().contains("limit 16"));
+        assert_eq!(dials, 13);
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Event(Event::ReverseRequested { refused: Some(why), .. })
+                if why.contains("limit 16 in all")
+        )));
     }
 }

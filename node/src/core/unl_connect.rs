@@ -1,106 +1,38 @@
-//! Connect by UNL and the dht-msg mailbox client, as part of the sans-IO [`Core`].
+//! A connect by UNL as a state machine: which tries to make, when each starts, and how the
+//! connect ends.
 //!
-//! See [`crate::connect`] for the methods and their order. Everything here is driven by the
-//! same `handle_*`/`poll_*` calls as the rest of the core.
+//! See [`crate::connect`] for the methods and their order. [`Core::connect_unl`] plans the
+//! tries from both UNLs' facts (LAN and direct dials, and the hole punch to a node behind a
+//! NAT, at once; the reverse connect, and the punch to a node without one, as a second wave
+//! after a head start or when every dial failed; the relay last, or at once when nothing
+//! else can work; every wait derived from the measured round trip), the timers here start
+//! the waves and enforce the deadlines, [`Core::try_failed`] moves on when a try fails, and
+//! [`Core::finish`] marks the winner, stops the other tries and reports
+//! [`Event::ConnectDone`]. The tries themselves live in `iam.rs` (which connection is whose),
+//! `reverse.rs` (reverse connect and relay) and `punch/candidate.rs` (the hole punch).
 
-use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::punch::PunchTry;
-use super::{ConnId, Core, Direction, Event, Output, RelayId};
-use crate::connect::{
-    ConnectId, ConnectOutcome, Method, RELAY_CONNECT_PREFIX, REVERSE_CONNECT_PREFIX, RelayRequest,
-    ReverseRequest, Try, TryResult,
-};
-use crate::proto::mailbox::{self, Reply, Request};
-use crate::proto::overlay::{Control, Nonce};
-use crate::proto::punch::relay_token;
-use crate::unl::{NodeId, NodeType, Unl};
+use super::output::{Event, Output};
+use super::state::Attempt;
+use super::{Core, millis};
+use crate::connect::{ConnectOutcome, Method, Try, TryResult};
+use crate::ids::{ConnId, ConnectId};
+use wire::nat::NatMapping;
+use wire::overlay::Nonce;
+use wire::unl::v3::{AnyUnl, UnlV3};
+use wire::unl::{NodeId, NodeType, Unl};
 
-/// First reconnect delay of the mailbox connection; doubles up to [`MAILBOX_MAX_RETRY`].
-const MAILBOX_FIRST_RETRY: Duration = Duration::from_secs(1);
-const MAILBOX_MAX_RETRY: Duration = Duration::from_mins(1);
-/// Keep-alive on the mailbox connection (the server closes idle ones after 5 min).
-const MAILBOX_PING: Duration = Duration::from_mins(2);
-/// The relay's head start when our own NAT maps ports at random (see `start_second_wave`).
-const RANDOM_NAT_RELAY_HEAD_START: Duration = Duration::from_millis(500);
-/// PUTs queued while the mailbox is down, at most.
-const MAILBOX_MAX_QUEUED: usize = 256;
-
-/// One connect in progress.
-#[derive(Debug)]
-pub(super) struct Attempt {
-    pub(super) target: Unl,
-    pub(super) started: Instant,
-    deadline: Instant,
-    nonce: Nonce,
-    pub(super) tries: Vec<Try>,
-    /// When the second wave (reverse connect and hole punch, whichever are planned) starts;
-    /// `None` once started or when neither is planned.
-    reverse_at: Option<Instant>,
-    /// The reverse try fails at this time unless they dialed us.
-    reverse_deadline: Option<Instant>,
-    /// The punch try, once started.
-    pub(super) punch: Option<PunchTry>,
-    /// A relay is planned (it starts when every other try has failed, or at `relay_at`).
-    relay_planned: bool,
-    relay_at: Option<Instant>,
-    /// The relayed connection being opened.
-    relay: Option<RelayId>,
-}
-
-/// Which end of a relayed connection we are.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum RelayRole {
-    /// We asked for it (connect `ConnectId`).
-    Asker(ConnectId),
-    /// `node` asked us; we open with `nonce`.
-    Asked { node: NodeId, nonce: Nonce },
-}
-
-/// A reverse connect we make because someone asked.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ReverseDial {
-    node: NodeId,
-    nonce: Nonce,
-}
-
-/// What a request on the mailbox connection waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Awaiting {
-    Register,
-    Subscribe,
-    Put(Option<(ConnectId, Method)>),
-    Ack,
-    Ping,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum MailboxState {
-    /// Not connected; reconnect at the given time.
-    Down(Instant),
-    Connecting,
-    /// Connected, registering/subscribing.
-    Opening,
-    Up,
-}
-
-/// The persistent connection to our dht-msg mailbox.
-#[derive(Debug)]
-pub(super) struct MailboxClient {
-    server: SocketAddr,
-    secret: String,
-    state: MailboxState,
-    retry: Duration,
-    /// Requests sent and not yet answered, in order.
-    awaiting: VecDeque<Awaiting>,
-    /// PUTs waiting for the connection.
-    queued: VecDeque<(String, Option<(ConnectId, Method)>)>,
-    next_ping: Option<Instant>,
-}
+/// The round trip to the rendezvous assumed before one was measured.
+const UNMEASURED_RTT: Duration = Duration::from_millis(100);
+/// No wait derived from a round trip is shorter (processing on three hosts, scheduling).
+const MIN_WAIT: Duration = Duration::from_millis(50);
+/// The kernel's first SYN retransmission timeout (RFC 6298's initial RTO): what one lost
+/// SYN costs a dial.
+const SYN_RETRANSMIT: Duration = Duration::from_secs(1);
 
 impl Core {
     /// This node's UNL node id.
@@ -108,9 +40,23 @@ impl Core {
         self.node_id
     }
 
-    /// Sets the UNL we hand out (the driver rebuilds it when our address or role changes).
+    /// Sets the UNL we hand out, v2 only (a core without a signed UNL sends PyP2P's unsigned
+    /// requests).
     pub fn set_local_unl(&mut self, unl: Unl) {
         self.local_unl = Some(unl);
+        self.local_unl3 = None;
+    }
+
+    /// Sets the UNL we hand out, signed (the driver signs it again when our address or role
+    /// changes); its v2 form too.
+    pub fn set_local_unl_v3(&mut self, unl: UnlV3) {
+        self.local_unl = Some(unl.to_v2());
+        self.local_unl3 = Some(unl);
+    }
+
+    /// The signed UNL we hand out, once the driver set one.
+    pub fn local_unl_v3(&self) -> Option<&UnlV3> {
+        self.local_unl3.as_ref()
     }
 
     /// The UNL we hand out, once the driver set it.
@@ -118,39 +64,28 @@ impl Core {
         self.local_unl
     }
 
-    /// Keeps a connection to the dht-msg server `server`: registers our mailbox, subscribes to
-    /// it (reverse-connect requests arrive there) and reconnects when it drops.
-    pub fn enable_mailbox(&mut self, now: Instant, server: SocketAddr) {
-        let secret: String = (0..32)
-            .map(|_| char::from(b"0123456789abcdef"[self.rng.random_range(0..16)]))
-            .collect();
-        self.mailbox = Some(MailboxClient {
-            server,
-            secret,
-            state: MailboxState::Down(now),
-            retry: MAILBOX_FIRST_RETRY,
-            awaiting: VecDeque::new(),
-            queued: VecDeque::new(),
-            next_ping: None,
-        });
-        self.mailbox_timers(now);
-    }
-
-    /// Whether the mailbox connection is registered and subscribed.
-    pub fn mailbox_up(&self) -> bool {
-        self.mailbox
-            .as_ref()
-            .is_some_and(|m| m.state == MailboxState::Up)
-    }
-
-    /// Starts connecting to the node `target` names; the outcome comes as
-    /// [`Event::ConnectDone`].
+    /// Starts connecting to the node a v2 `target` names (a PyP2P peer: plain text); the
+    /// outcome comes as [`Event::ConnectDone`].
     pub fn connect_unl(&mut self, now: Instant, target: Unl) -> ConnectId {
+        self.connect_to(now, target, None)
+    }
+
+    /// Starts connecting to the node `target` names: by its v3 UNL, encrypted, to the key it
+    /// names (the connection must prove it); by a v2 one as [`Core::connect_unl`].
+    pub fn connect_any(&mut self, now: Instant, target: &AnyUnl) -> ConnectId {
+        match target {
+            AnyUnl::V2(unl) => self.connect_to(now, *unl, None),
+            AnyUnl::V3(unl) => self.connect_to(now, unl.to_v2(), Some(unl.clone())),
+        }
+    }
+
+    fn connect_to(&mut self, now: Instant, target: Unl, signed: Option<UnlV3>) -> ConnectId {
         let id = ConnectId(self.next_attempt);
         self.next_attempt += 1;
         let nonce = Nonce(self.rng.random());
         let mut attempt = Attempt {
             target,
+            signed,
             started: now,
             deadline: now + self.config.unl_connect_timeout,
             nonce,
@@ -158,6 +93,8 @@ impl Core {
             reverse_at: None,
             reverse_deadline: None,
             punch: None,
+            punch_now: false,
+            session: None,
             relay_planned: false,
             relay_at: None,
             relay: None,
@@ -186,7 +123,7 @@ impl Core {
         for (_, addr) in &dials {
             self.attempt_dials.insert(*addr, id);
         }
-        let nothing = dials.is_empty() && attempt.reverse_at.is_none();
+        let nothing = dials.is_empty() && attempt.reverse_at.is_none() && !attempt.punch_now;
         let relay_only = nothing && attempt.relay_planned;
         self.attempts.insert(id, attempt);
         if relay_only {
@@ -200,16 +137,37 @@ impl Core {
         for (_, addr) in dials {
             self.dial(addr);
         }
+        if self.attempts.get(&id).is_some_and(|a| a.punch_now) {
+            self.start_punch(now, id);
+        }
         self.connect_timers(now);
         id
     }
 
-    /// Fills `attempt.tries` (skipped ones with the reason) and returns the addresses to dial.
+    /// The round trip to the rendezvous we time our waits by: the last one measured (on our
+    /// registration or a candidacy), else [`UNMEASURED_RTT`].
+    pub(super) fn rtt_estimate(&self) -> Duration {
+        self.registration_rtt()
+            .or(self.last_rtt)
+            .unwrap_or(UNMEASURED_RTT)
+    }
+
+    /// Fills `attempt.tries` (skipped ones with the reason), decides when each try starts
+    /// from both UNLs' facts, and returns the addresses to dial at once.
+    ///
+    /// Every wait is derived from the round trip to the rendezvous `r` (see
+    /// [`Core::rtt_estimate`]); the peer is assumed as far from the server as we are, so the
+    /// round trip between us is about `2r`, a punch that works confirms in about two of those
+    /// (`4r`, see `punch/candidate.rs`) and a relay in about three.
     fn plan(&self, now: Instant, attempt: &mut Attempt) -> Vec<(Method, SocketAddr)> {
         let target = attempt.target;
         let ours = self.local_unl;
+        let r = self.rtt_estimate();
         let same_wan =
             ours.is_some_and(|o| o.wan_ip == target.wan_ip && !o.wan_ip.is_unspecified());
+        let has_address = target.port != 0 && !target.wan_ip.is_unspecified();
+        // Their UNL says they have no NAT: the address they listen on is their WAN address.
+        let no_nat = has_address && target.wan_ip == target.lan_ip;
         let mut dials = Vec::new();
         // LAN.
         let lan = (same_wan && target.port != 0 && !target.lan_ip.is_unspecified())
@@ -225,12 +183,16 @@ impl Core {
                 },
             )),
         }
-        // Direct.
-        if target.node_type != NodeType::Passive {
-            attempt
-                .tries
-                .push(skipped(Method::Direct, "they are not passive"));
-        } else if target.port == 0 || target.wan_ip.is_unspecified() {
+        // Direct: to a passive node, and to a simultaneous one without a NAT (a host on a
+        // public address takes the SYN unless a firewall drops it; then the punch goes on).
+        let direct_ok = target.node_type == NodeType::Passive
+            || (target.node_type == NodeType::Simultaneous && no_nat);
+        if !direct_ok {
+            attempt.tries.push(skipped(
+                Method::Direct,
+                "they are not passive and are behind a NAT",
+            ));
+        } else if !has_address {
             attempt.tries.push(skipped(
                 Method::Direct,
                 "their UNL has no WAN address and port",
@@ -246,7 +208,28 @@ impl Core {
                 SocketAddr::from((target.wan_ip, target.port)),
             ));
         }
-        // Reverse.
+        for (method, addr) in &dials {
+            attempt.tries.push(Try {
+                method: *method,
+                addr: Some(*addr),
+                started_ms: Some(0),
+                ended_ms: None,
+                result: TryResult::Pending,
+            });
+        }
+        // Punch: at once to a node behind a NAT (nothing else can reach it directly); after
+        // the direct dial's chance to a node without one.
+        let mut second_wave = false;
+        if let Some(why) = self.punch_blocker(&target) {
+            attempt.tries.push(skipped(Method::Punch, why));
+        } else if dials.is_empty() {
+            attempt.tries.push(planned(Method::Punch));
+            attempt.punch_now = true;
+        } else {
+            attempt.tries.push(planned(Method::Punch));
+            second_wave = true;
+        }
+        // Reverse: only a node whose port is established as reachable (passive) can ask.
         let reverse_blocker =
             if ours.is_none_or(|o| o.node_type != NodeType::Passive || o.port == 0) {
                 Some("this node is not passive")
@@ -257,44 +240,42 @@ impl Core {
             } else {
                 None
             };
-        for (method, addr) in &dials {
-            attempt.tries.push(Try {
-                method: *method,
-                addr: Some(*addr),
-                started_ms: Some(0),
-                ended_ms: None,
-                result: TryResult::Pending,
-            });
-        }
-        let mut second_wave = false;
         if let Some(why) = reverse_blocker {
             attempt.tries.push(skipped(Method::Reverse, why));
         } else {
             attempt.tries.push(planned(Method::Reverse));
             second_wave = true;
         }
-        // Punch.
-        if let Some(why) = self.punch_blocker(&target) {
-            attempt.tries.push(skipped(Method::Punch, why));
+        // An encrypted connection confirms one round trip between us (2r) later than a plain
+        // one: the handshake's, before the peer's IAM.
+        let handshake = if attempt.key().is_some() {
+            r * 2
         } else {
-            attempt.tries.push(planned(Method::Punch));
-            second_wave = true;
-        }
+            Duration::ZERO
+        };
         if second_wave {
-            attempt.reverse_at = Some(if dials.is_empty() {
+            // A dial that works confirms in about one round trip between us (2r); one that
+            // reaches nothing has failed by then or hangs on a dropped SYN.
+            attempt.reverse_at = Some(if dials.is_empty() && !attempt.punch_now {
                 now
             } else {
-                now + self.config.reverse_head_start
+                now + (r * 3 + handshake).max(MIN_WAIT)
             });
         }
-        // Relay: the last resort.
-        let relay_blocker = if target.node_id.is_none() {
+        self.plan_relay(now, attempt, r, handshake);
+        dials
+    }
+
+    /// The relay of `plan`: the last resort, after [`Core::relay_head_start`].
+    /// `handshake`: what an encrypted connection adds before it confirms.
+    fn plan_relay(&self, now: Instant, attempt: &mut Attempt, r: Duration, handshake: Duration) {
+        let relay_blocker = if attempt.target.node_id.is_none() {
             Some("their UNL has no node id (no mailbox to ask them through)")
         } else if self.mailbox.is_none() {
             Some("no dht-msg server configured")
         } else if self.config.rendezvous.is_empty() {
             Some("no rendezvous server configured to relay through")
-        } else if ours.is_none() {
+        } else if self.local_unl.is_none() {
             Some("this node has no UNL yet")
         } else {
             None
@@ -304,37 +285,51 @@ impl Core {
         } else {
             attempt.tries.push(planned(Method::Relay));
             attempt.relay_planned = true;
+            let head_start = self.relay_head_start(&attempt.target, r);
+            let head_start = if head_start.is_zero() {
+                head_start
+            } else {
+                head_start + handshake
+            };
+            attempt.relay_at = Some(now + head_start);
         }
-        dials
     }
 
-    /// The timers of connects and the mailbox, for [`Core::poll_timeout`].
-    pub(super) fn unl_timeout(&self) -> Option<Instant> {
-        let attempts = self
-            .attempts
+    /// How long the other tries run alone before the relay starts beside them (it also
+    /// starts as soon as every other try has failed; a relayed connection moves to a direct
+    /// path when one of the tries still running opens one, see `upgrade.rs`):
+    /// - a punch between two predictable NATs, or a dial to an address that takes SYNs,
+    ///   confirms in about `4r` (`6r` encrypted: `plan_relay` adds the handshake's round
+    ///   trip); give it that and one SYN retransmission (1 s, the kernel's first
+    ///   retransmission timeout), so one lost packet does not cost the direct path;
+    /// - from behind a NAT that maps ports at random, the punch is a birthday punch (or can
+    ///   only meet a full cone): it takes longer or may not work at all, so the relay starts
+    ///   at once and the session moves when the punch opens.
+    fn relay_head_start(&self, target: &Unl, r: Duration) -> Duration {
+        let punch = target.node_type == NodeType::Simultaneous;
+        let hard = punch && self.nat_mapping == Some(NatMapping::Random);
+        if hard {
+            Duration::ZERO
+        } else {
+            (r * 4).max(MIN_WAIT) + SYN_RETRANSMIT
+        }
+    }
+
+    /// The timers of connects, for [`Core::poll_timeout`].
+    pub(super) fn connect_next_timer(&self) -> Option<Instant> {
+        self.attempts
             .values()
             .flat_map(|a| {
                 let relay_at = a.relay_at.filter(|_| a.relay_planned);
                 [Some(a.deadline), a.reverse_at, a.reverse_deadline, relay_at]
             })
-            .flatten();
-        let mailbox = self.mailbox.iter().flat_map(|m| {
-            let retry = match m.state {
-                MailboxState::Down(at) => Some(at),
-                _ => None,
-            };
-            [retry, m.next_ping]
-        });
-        attempts.chain(mailbox.flatten()).min()
+            .flatten()
+            .min()
     }
 
-    /// Runs due connect and mailbox timers.
-    pub(super) fn unl_handle_timeout(&mut self, now: Instant) {
-        self.connect_timers(now);
-        self.mailbox_timers(now);
-    }
-
-    fn connect_timers(&mut self, now: Instant) {
+    /// Runs due connect timers: the second wave, the relay, the reverse try's and the
+    /// connect's deadlines.
+    pub(super) fn connect_timers(&mut self, now: Instant) {
         let due: Vec<ConnectId> = self
             .attempts
             .iter()
@@ -399,170 +394,11 @@ impl Core {
                 .any(|t| t.method == m && t.result == TryResult::Pending && t.started_ms.is_none())
         };
         let (reverse, punch) = (planned(Method::Reverse), planned(Method::Punch));
-        // Behind a NAT that maps ports at random, a punch can only meet a full-cone NAT, and
-        // does so within one meeting delay: give the relay a shorter head start.
-        let head_start = if self.nat_mapping == Some(crate::proto::nat::NatMapping::Random) {
-            self.config
-                .relay_head_start
-                .min(RANDOM_NAT_RELAY_HEAD_START)
-        } else {
-            self.config.relay_head_start
-        };
-        a.relay_at = Some(now + head_start);
         if reverse {
             self.start_reverse(now, id);
         }
         if punch {
             self.start_punch(now, id);
-        }
-    }
-
-    fn start_reverse(&mut self, now: Instant, id: ConnectId) {
-        let Some(ours) = self.local_unl else { return };
-        let Some(a) = self.attempts.get_mut(&id) else {
-            return;
-        };
-        let ms = millis(now - a.started);
-        let Some(t) = a.tries.iter_mut().find(|t| t.method == Method::Reverse) else {
-            return;
-        };
-        t.started_ms = Some(ms);
-        a.reverse_deadline = Some(now + self.config.reverse_timeout);
-        let Some(node) = a.target.node_id else { return };
-        let body = ReverseRequest {
-            unl: ours,
-            nonce: a.nonce,
-        }
-        .to_string();
-        let to = node.mailbox_id().parse::<mailbox::NodeId>();
-        let to = to.map(|to| (id, Method::Reverse, to));
-        match to {
-            Ok((id, method, to)) => self.mailbox_put(
-                now,
-                Request::Put { to, body }.to_string(),
-                Some((id, method)),
-            ),
-            Err(e) => self.try_failed(now, id, Method::Reverse, None, &e.to_string()),
-        }
-    }
-
-    /// Starts the relay try of `id`: ask them through their mailbox to meet us at our
-    /// rendezvous server, and go there ourselves.
-    pub(super) fn start_relay(&mut self, now: Instant, id: ConnectId) {
-        let Some(ours) = self.local_unl else { return };
-        if self.config.rendezvous.is_empty() {
-            return;
-        }
-        let server = self.config.rendezvous[self.preferred % self.config.rendezvous.len()];
-        let relay = RelayId(self.next_relay);
-        let Some(a) = self.attempts.get_mut(&id) else {
-            return;
-        };
-        if !a.relay_planned || a.relay.is_some() {
-            return;
-        }
-        a.relay_planned = false;
-        let ms = millis(now - a.started);
-        let Some(t) = a.tries.iter_mut().find(|t| t.method == Method::Relay) else {
-            return;
-        };
-        t.started_ms = Some(ms);
-        t.addr = Some(server);
-        let Some(node) = a.target.node_id else { return };
-        let nonce = a.nonce;
-        a.relay = Some(relay);
-        self.next_relay += 1;
-        let body = RelayRequest {
-            unl: ours,
-            nonce,
-            relay: server,
-        }
-        .to_string();
-        match node.mailbox_id().parse::<mailbox::NodeId>() {
-            Ok(to) => {
-                self.relays.insert(relay, RelayRole::Asker(id));
-                self.out.push_back(Output::RelayDial {
-                    relay,
-                    server,
-                    token: relay_token(&nonce),
-                });
-                self.mailbox_put(
-                    now,
-                    Request::Put { to, body }.to_string(),
-                    Some((id, Method::Relay)),
-                );
-            }
-            Err(e) => self.try_failed(now, id, Method::Relay, None, &e.to_string()),
-        }
-    }
-
-    /// A relayed connection is through: `conn` is now a connection like any other (its
-    /// address is the relay's). Returns false when the core closed it at once.
-    pub fn handle_relay_open(
-        &mut self,
-        now: Instant,
-        relay: RelayId,
-        conn: ConnId,
-        server: SocketAddr,
-    ) -> bool {
-        let Some(role) = self.relays.remove(&relay) else {
-            self.out.push_back(Output::Close {
-                conn,
-                reason: "relay no longer wanted".to_owned(),
-            });
-            return false;
-        };
-        // The asker sees the peer come in (it opens with the nonce), the asked one dialed.
-        let direction = match role {
-            RelayRole::Asker(_) => Direction::Inbound,
-            RelayRole::Asked { .. } => Direction::Outbound,
-        };
-        self.relayed.insert(conn);
-        if let RelayRole::Asked { node, nonce } = role {
-            self.reverse_dials
-                .insert(server, ReverseDial { node, nonce });
-        }
-        let open = self.handle_open(now, conn, server, direction);
-        if !open {
-            self.relayed.remove(&conn);
-        } else if let RelayRole::Asker(id) = role {
-            // If it closes before the peer proved itself, the relay try has failed.
-            self.conn_attempt.insert(conn, id);
-        }
-        open
-    }
-
-    /// A relayed connection could not be opened.
-    pub fn handle_relay_failed(&mut self, now: Instant, relay: RelayId, reason: &str) {
-        match self.relays.remove(&relay) {
-            Some(RelayRole::Asker(id)) => {
-                self.try_failed(now, id, Method::Relay, None, reason);
-            }
-            Some(RelayRole::Asked { node, .. }) => {
-                self.out.push_back(Output::Event(Event::ReverseRequested {
-                    from: node.to_string(),
-                    addr: None,
-                    refused: Some(format!("relay failed: {reason}")),
-                }));
-            }
-            None => {}
-        }
-    }
-
-    fn mailbox_put(&mut self, now: Instant, line: String, id: Option<(ConnectId, Method)>) {
-        let Some(m) = self.mailbox.as_mut() else {
-            if let Some((id, method)) = id {
-                self.try_failed(now, id, method, None, "no dht-msg server");
-            }
-            return;
-        };
-        if m.state == MailboxState::Up {
-            m.awaiting.push_back(Awaiting::Put(id));
-            self.out.push_back(Output::MailboxSend { line });
-        } else if m.queued.len() < MAILBOX_MAX_QUEUED {
-            m.queued.push_back((line, id));
-        } else if let Some((id, method)) = id {
-            self.try_failed(now, id, method, None, "the mailbox server is unreachable");
         }
     }
 
@@ -622,42 +458,21 @@ impl Core {
     }
 
     /// Ends connect `id`: marks the winner (or the failure), stops the other tries, reports.
-    fn finish(
+    pub(super) fn finish(
         &mut self,
         now: Instant,
         id: ConnectId,
         result: Result<(ConnId, Method, SocketAddr), String>,
     ) {
+        if self.finish_upgrading(now, id, &result) {
+            return;
+        }
         let Some(mut a) = self.attempts.remove(&id) else {
             return;
         };
         let ms = millis(now - a.started);
         let us = u64::try_from((now - a.started).as_micros()).unwrap_or(u64::MAX);
-        let unfinished: Vec<SocketAddr> = self
-            .attempt_dials
-            .iter()
-            .filter(|(_, v)| **v == id)
-            .map(|(addr, _)| *addr)
-            .collect();
-        self.attempt_dials.retain(|_, v| *v != id);
-        if !unfinished.is_empty() {
-            self.out
-                .push_back(Output::CancelDials { addrs: unfinished });
-        }
-        if let Some(session) = a.punch.as_ref().and_then(|p| p.session) {
-            self.session_close(session, "the connect ended");
-        }
-        if let Some(relay) = a.relay {
-            // Not yet through: forget it (a late `RELAY OK` is closed).
-            self.relays.remove(&relay);
-        }
-        let losers: Vec<ConnId> = self
-            .conn_attempt
-            .iter()
-            .filter(|(c, v)| **v == id && result.as_ref().map_or(true, |w| w.0 != **c))
-            .map(|(c, _)| *c)
-            .collect();
-        self.conn_attempt.retain(|_, v| *v != id);
+        self.stop_tries(now, id, &a, result.as_ref().ok().map(|w| w.0));
         for t in &mut a.tries {
             if t.result == TryResult::Pending {
                 match (&result, t.started_ms) {
@@ -678,14 +493,11 @@ impl Core {
                 t.ended_ms = Some(ms);
             }
         }
-        for conn in losers {
-            self.close(now, conn, "another connect method won");
-        }
         a.tries.sort_by_key(|t| t.method);
         let outcome = match result {
             Ok((conn, method, addr)) => ConnectOutcome {
                 id,
-                target: a.target.to_string(),
+                target: a.target_text(),
                 connected: true,
                 conn: Some(conn),
                 method: Some(method),
@@ -697,7 +509,7 @@ impl Core {
             },
             Err(error) => ConnectOutcome {
                 id,
-                target: a.target.to_string(),
+                target: a.target_text(),
                 connected: false,
                 conn: None,
                 method: None,
@@ -710,488 +522,6 @@ impl Core {
         };
         self.out
             .push_back(Output::Event(Event::ConnectDone(outcome)));
-    }
-
-    /// Lines to send first on a new connection: `IAM` (with the nonce when this is a reverse
-    /// connect someone asked for). Also binds outbound connections to connects.
-    pub(super) fn unl_on_open(&mut self, conn: ConnId, addr: SocketAddr, direction: Direction) {
-        let mut nonce = None;
-        self.punch_on_open(addr);
-        if direction == Direction::Outbound {
-            if let Some(id) = self.attempt_dials.remove(&addr) {
-                self.conn_attempt.insert(conn, id);
-            }
-            if let Some(r) = self.reverse_dials.remove(&addr) {
-                nonce = Some(r.nonce);
-                self.conn_expect.insert(conn, r.node);
-            }
-        }
-        self.out.push_back(Output::Send {
-            conn,
-            line: Control::Iam {
-                node: self.node_id,
-                nonce,
-            }
-            .to_string(),
-        });
-    }
-
-    /// A dial failed: the try that made it fails.
-    pub(super) fn unl_on_dial_failed(&mut self, now: Instant, addr: SocketAddr, reason: &str) {
-        self.reverse_dials.remove(&addr);
-        self.punch_on_dial_failed(addr);
-        if let Some(id) = self.attempt_dials.remove(&addr) {
-            match self.method_of(id, addr) {
-                Method::Punch => self.punch_dial_failed(now, id, reason),
-                method => self.try_failed(now, id, method, Some(addr), reason),
-            }
-        }
-    }
-
-    /// A connection closed: a try waiting on it fails.
-    pub(super) fn unl_on_closed(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        addr: SocketAddr,
-        reason: &str,
-    ) {
-        self.conn_expect.remove(&conn);
-        if let Some(id) = self.conn_attempt.remove(&conn) {
-            match self.method_of(id, addr) {
-                Method::Punch => self.punch_dial_failed(now, id, &format!("closed: {reason}")),
-                method => {
-                    self.try_failed(now, id, method, Some(addr), &format!("closed: {reason}"));
-                }
-            }
-        }
-    }
-
-    /// The peer's HELLO arrived. A connect whose target has no node id wins here; one that
-    /// expected an `IAM` first fails.
-    pub(super) fn unl_on_hello(&mut self, now: Instant, conn: ConnId) {
-        let Some(&id) = self.conn_attempt.get(&conn) else {
-            return;
-        };
-        let Some(addr) = self.conns.get(&conn).map(|p| p.addr) else {
-            return;
-        };
-        let method = self.method_of(id, addr);
-        let wants_id = self
-            .attempts
-            .get(&id)
-            .is_some_and(|a| a.target.node_id.is_some());
-        if wants_id {
-            self.close(
-                now,
-                conn,
-                "the peer did not say its node id (no IAM before HELLO)",
-            );
-        } else {
-            self.conn_attempt.remove(&conn);
-            self.finish(now, id, Ok((conn, method, addr)));
-        }
-    }
-
-    /// `P2P/1 IAM <node> [<nonce>]` arrived on `conn`.
-    pub(super) fn handle_iam(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        node: NodeId,
-        nonce: Option<Nonce>,
-    ) {
-        let Some(p) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if p.node.is_some() || p.id.is_some() {
-            self.close(
-                now,
-                conn,
-                "protocol error: IAM must come once, before HELLO",
-            );
-            return;
-        }
-        p.node = Some(node);
-        let (addr, direction) = (p.addr, p.direction);
-        if let Some(nonce) = nonce {
-            if direction != Direction::Inbound {
-                self.close(
-                    now,
-                    conn,
-                    "protocol error: a nonce on a connection we dialed",
-                );
-                return;
-            }
-            let found = self
-                .attempts
-                .iter()
-                .find(|(_, a)| a.nonce == nonce)
-                .map(|(id, a)| (*id, a.target.node_id));
-            match found {
-                None => self.close(now, conn, "unknown or expired reverse-connect nonce"),
-                Some((_, expected)) if expected != Some(node) => {
-                    self.close(
-                        now,
-                        conn,
-                        "reverse connect from a node other than the one asked",
-                    );
-                }
-                Some((id, _)) => {
-                    let method = if self.relayed.contains(&conn) {
-                        Method::Relay
-                    } else {
-                        Method::Reverse
-                    };
-                    self.finish(now, id, Ok((conn, method, addr)));
-                }
-            }
-            return;
-        }
-        if let Some(expected) = self.conn_expect.remove(&conn)
-            && expected != node
-        {
-            self.close(
-                now,
-                conn,
-                &format!("reverse connect reached node {node}, not {expected} who asked"),
-            );
-            return;
-        }
-        if let Some(id) = self.conn_attempt.remove(&conn) {
-            let method = self.method_of(id, addr);
-            let expected = self.attempts.get(&id).and_then(|a| a.target.node_id);
-            if expected.is_none_or(|e| e == node) {
-                self.finish(now, id, Ok((conn, method, addr)));
-            } else {
-                let why = format!("reached node {node} there, not the one in the UNL");
-                self.close(now, conn, &why);
-                self.try_failed(now, id, method, Some(addr), &why);
-            }
-        }
-    }
-
-    fn method_of(&self, id: ConnectId, addr: SocketAddr) -> Method {
-        let Some(a) = self.attempts.get(&id) else {
-            return Method::Direct;
-        };
-        if a.punch.as_ref().is_some_and(|p| p.dials.contains(&addr)) {
-            return Method::Punch;
-        }
-        a.tries
-            .iter()
-            .find(|t| t.addr == Some(addr))
-            .map_or(Method::Direct, |t| t.method)
-    }
-
-    // ---- the mailbox connection ----
-
-    fn mailbox_timers(&mut self, now: Instant) {
-        let Some(m) = self.mailbox.as_mut() else {
-            return;
-        };
-        if let MailboxState::Down(at) = m.state
-            && at <= now
-        {
-            m.state = MailboxState::Connecting;
-            self.out.push_back(Output::MailboxDial { server: m.server });
-        }
-        if m.next_ping.is_some_and(|t| t <= now) {
-            m.next_ping = Some(now + MAILBOX_PING);
-            m.awaiting.push_back(Awaiting::Ping);
-            self.out.push_back(Output::MailboxSend {
-                line: Request::Ping.to_string(),
-            });
-        }
-    }
-
-    /// The mailbox connection opened: register and subscribe.
-    pub fn handle_mailbox_open(&mut self, _now: Instant) {
-        let node = self.node_id.mailbox_id();
-        let Some(m) = self.mailbox.as_mut() else {
-            return;
-        };
-        m.state = MailboxState::Opening;
-        m.awaiting.clear();
-        m.awaiting.push_back(Awaiting::Register);
-        m.awaiting.push_back(Awaiting::Subscribe);
-        self.out.push_back(Output::MailboxSend {
-            line: format!("REGISTER {node} {}", m.secret),
-        });
-        self.out.push_back(Output::MailboxSend {
-            line: Request::Subscribe.to_string(),
-        });
-    }
-
-    /// The mailbox connection failed or closed: try again later, with backoff.
-    pub fn handle_mailbox_closed(&mut self, now: Instant, reason: &str) {
-        let Some(m) = self.mailbox.as_mut() else {
-            return;
-        };
-        let was_up = m.state == MailboxState::Up;
-        m.state = MailboxState::Down(now + m.retry);
-        m.retry = if was_up {
-            MAILBOX_FIRST_RETRY
-        } else {
-            (m.retry * 2).min(MAILBOX_MAX_RETRY)
-        };
-        m.next_ping = None;
-        let lost: Vec<Option<(ConnectId, Method)>> = m
-            .awaiting
-            .drain(..)
-            .filter_map(|w| match w {
-                Awaiting::Put(id) => Some(id),
-                _ => None,
-            })
-            .collect();
-        let server = m.server;
-        self.out.push_back(Output::Event(Event::MailboxDown {
-            server,
-            reason: reason.to_owned(),
-        }));
-        for (id, method) in lost.into_iter().flatten() {
-            self.try_failed(
-                now,
-                id,
-                method,
-                None,
-                &format!("the mailbox connection closed: {reason}"),
-            );
-        }
-    }
-
-    /// A line from the mailbox server.
-    pub fn handle_mailbox_line(&mut self, now: Instant, line: &str) {
-        let reply = match line.parse::<Reply>() {
-            Ok(r) => r,
-            Err(e) => {
-                self.mailbox_fail(now, &format!("bad reply {line:?}: {e}"));
-                return;
-            }
-        };
-        if let Reply::Msg(delivery) = reply {
-            if let Some(m) = self.mailbox.as_mut() {
-                m.awaiting.push_back(Awaiting::Ack);
-            }
-            self.out.push_back(Output::MailboxSend {
-                line: Request::Ack { id: delivery.id }.to_string(),
-            });
-            let from = delivery.from.as_ref().map(|f| f.as_str().to_owned());
-            self.handle_mailbox_message(now, from.as_deref(), &delivery.body);
-            return;
-        }
-        let Some(m) = self.mailbox.as_mut() else {
-            return;
-        };
-        let Some(waiting) = m.awaiting.pop_front() else {
-            self.mailbox_fail(now, &format!("unexpected reply {line:?}"));
-            return;
-        };
-        match (waiting, reply) {
-            (Awaiting::Register, Reply::Registered { .. })
-            | (Awaiting::Ack, Reply::Acked { .. } | Reply::Error(_))
-            | (Awaiting::Ping, Reply::Pong)
-            | (Awaiting::Put(_), Reply::Stored { .. }) => {}
-            (Awaiting::Subscribe, Reply::Subscribed { .. }) => {
-                m.state = MailboxState::Up;
-                m.retry = MAILBOX_FIRST_RETRY;
-                m.next_ping = Some(now + MAILBOX_PING);
-                let server = m.server;
-                let queued: Vec<(String, Option<(ConnectId, Method)>)> =
-                    m.queued.drain(..).collect();
-                for (line, id) in queued {
-                    m.awaiting.push_back(Awaiting::Put(id));
-                    self.out.push_back(Output::MailboxSend { line });
-                }
-                self.out
-                    .push_back(Output::Event(Event::MailboxUp { server }));
-            }
-            (Awaiting::Put(id), Reply::Error(reason)) => {
-                if let Some((id, method)) = id {
-                    self.try_failed(
-                        now,
-                        id,
-                        method,
-                        None,
-                        &format!("the mailbox server refused the request: {reason}"),
-                    );
-                }
-            }
-            (w, reply) => {
-                self.mailbox_fail(now, &format!("{reply} in answer to {w:?}"));
-            }
-        }
-    }
-
-    fn mailbox_fail(&mut self, now: Instant, reason: &str) {
-        if self.mailbox.is_some() {
-            self.out.push_back(Output::MailboxClose {
-                reason: reason.to_owned(),
-            });
-            self.handle_mailbox_closed(now, reason);
-        }
-    }
-
-    /// A message from our mailbox: act on a reverse-connect request.
-    fn handle_mailbox_message(&mut self, now: Instant, from: Option<&str>, body: &str) {
-        if body.starts_with(RELAY_CONNECT_PREFIX) {
-            self.handle_relay_request(now, from, body);
-            return;
-        }
-        if !body.starts_with(REVERSE_CONNECT_PREFIX) {
-            self.reverse_refused(from, None, "not a REVERSE_CONNECT or RELAY_CONNECT message");
-            return;
-        }
-        let request = match body.parse::<ReverseRequest>() {
-            Ok(r) => r,
-            Err(e) => {
-                self.reverse_refused(from, None, &e);
-                return;
-            }
-        };
-        let Some(node) = self.proven_sender(from, &request.unl) else {
-            return;
-        };
-        if let Err(why) = self.reverse_allowed(now, node) {
-            self.reverse_refused(
-                from,
-                None,
-                &format!("too many reverse-connect requests {why}"),
-            );
-            return;
-        }
-        let same_wan = self
-            .local_unl
-            .is_some_and(|o| o.wan_ip == request.unl.wan_ip && !o.wan_ip.is_unspecified());
-        let ip: Ipv4Addr = if same_wan && !request.unl.lan_ip.is_unspecified() {
-            request.unl.lan_ip
-        } else {
-            request.unl.wan_ip
-        };
-        if request.unl.port == 0 || ip.is_unspecified() {
-            self.reverse_refused(from, None, "the UNL has no address and port to dial");
-            return;
-        }
-        let addr = SocketAddr::from((ip, request.unl.port));
-        self.reverse_window.push_back((now, node));
-        self.reverse_dials.insert(
-            addr,
-            ReverseDial {
-                node,
-                nonce: request.nonce,
-            },
-        );
-        self.out.push_back(Output::Event(Event::ReverseRequested {
-            from: node.to_string(),
-            addr: Some(addr),
-            refused: None,
-        }));
-        // A dial already in flight to that address carries the nonce when it opens.
-        if !self.dialing.contains(&addr) {
-            self.dial(addr);
-        }
-    }
-
-    /// The reverse/relay rate limit: whether one more request from `sender` may be acted on
-    /// now: at most `max_reverse_per_minute` in all, and a quarter of that (at least one) per
-    /// sender, so that one mailbox owner cannot spend the whole budget. `Err` says which.
-    fn reverse_allowed(&mut self, now: Instant, sender: NodeId) -> Result<(), String> {
-        while self
-            .reverse_window
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= Duration::from_mins(1))
-        {
-            self.reverse_window.pop_front();
-        }
-        let max = self.config.max_reverse_per_minute;
-        if self.reverse_window.len() >= max {
-            return Err(format!("this minute (limit {max})"));
-        }
-        let per_sender = max.div_ceil(4).max(1);
-        let from_sender = self
-            .reverse_window
-            .iter()
-            .filter(|(_, n)| *n == sender)
-            .count();
-        if from_sender >= per_sender {
-            return Err(format!(
-                "from {sender} this minute (limit {per_sender} per sender)"
-            ));
-        }
-        Ok(())
-    }
-
-    /// The node id of a request's UNL, if the mailbox server vouched that `from` (the sender)
-    /// owns it; else the request is refused (with an event) and `None` returned.
-    fn proven_sender(&mut self, from: Option<&str>, unl: &Unl) -> Option<NodeId> {
-        let Some(node) = unl.node_id else {
-            self.reverse_refused(from, None, "the UNL has no node id");
-            return None;
-        };
-        if from != Some(node.mailbox_id().as_str()) {
-            self.reverse_refused(
-                from,
-                None,
-                "the sender did not prove it owns the UNL's node id",
-            );
-            return None;
-        }
-        Some(node)
-    }
-
-    /// `RELAY_CONNECT` from our mailbox: meet the sender at the relay it names, if it is a
-    /// rendezvous server we use ourselves.
-    fn handle_relay_request(&mut self, now: Instant, from: Option<&str>, body: &str) {
-        let request = match body.parse::<RelayRequest>() {
-            Ok(r) => r,
-            Err(e) => {
-                self.reverse_refused(from, None, &e);
-                return;
-            }
-        };
-        let Some(node) = self.proven_sender(from, &request.unl) else {
-            return;
-        };
-        if !self.config.rendezvous.contains(&request.relay) {
-            let why = format!(
-                "relay {} is not one of our rendezvous servers",
-                request.relay
-            );
-            self.reverse_refused(from, Some(request.relay), &why);
-            return;
-        }
-        if let Err(why) = self.reverse_allowed(now, node) {
-            self.reverse_refused(from, None, &format!("too many relay requests {why}"));
-            return;
-        }
-        self.reverse_window.push_back((now, node));
-        let relay = RelayId(self.next_relay);
-        self.next_relay += 1;
-        self.relays.insert(
-            relay,
-            RelayRole::Asked {
-                node,
-                nonce: request.nonce,
-            },
-        );
-        self.out.push_back(Output::Event(Event::ReverseRequested {
-            from: node.to_string(),
-            addr: Some(request.relay),
-            refused: None,
-        }));
-        self.out.push_back(Output::RelayDial {
-            relay,
-            server: request.relay,
-            token: relay_token(&request.nonce),
-        });
-    }
-
-    fn reverse_refused(&mut self, from: Option<&str>, addr: Option<SocketAddr>, why: &str) {
-        self.out.push_back(Output::Event(Event::ReverseRequested {
-            from: from.unwrap_or("-").to_owned(),
-            addr,
-            refused: Some(why.to_owned()),
-        }));
     }
 }
 
@@ -1213,8 +543,4 @@ fn skipped(method: Method, why: &str) -> Try {
         ended_ms: None,
         result: TryResult::Skipped(why.to_owned()),
     }
-}
-
-pub(super) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

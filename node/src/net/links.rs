@@ -13,8 +13,8 @@ use mio::Token;
 use mio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::proto::line::LineFramer;
-use crate::server::{ReadStep, read_step};
+use wire::io::{ReadStep, read_step};
+use wire::line::LineFramer;
 
 /// A line-speaking client connection.
 #[derive(Debug)]
@@ -201,6 +201,12 @@ pub(super) fn bind_reusable(ip: IpAddr, port: u16) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    if let IpAddr::V6(v6) = ip
+        && v6.is_unspecified()
+    {
+        // Dual stack: IPv4 too, whatever the host's default (`net.ipv6.bindv6only`).
+        socket.set_only_v6(false)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)

@@ -12,12 +12,9 @@ use crate::config::Role;
 use crate::reach::driver::Effect;
 use crate::reach::{Mapping, NodeKind, ProbeConfig, ReachReport};
 
-/// How long `Net::stop` (and drop) wait for the router to delete mappings.
-pub(super) const RELEASE_LIMIT: Duration = Duration::from_secs(2);
-
 impl Net {
     /// Finds out whether peers can reach this node, and opens the router when it can:
-    /// UPnP and NAT-PMP (each unless turned off in the config), the forwarding check (if
+    /// UPnP, NAT-PMP and PCP (each unless turned off in the config), the forwarding check (if
     /// configured) and the NAT detection (if a rendezvous is configured), in parallel,
     /// within `reach_timeout` (3 s by default). Connections are served meanwhile.
     ///
@@ -49,6 +46,7 @@ impl Net {
         let config = ProbeConfig {
             upnp: self.config.upnp,
             natpmp: self.config.natpmp,
+            pcp: self.config.pcp,
             forwarding_check: self.reach.has_server(),
             nat_detection: !self.servers.is_empty(),
             lan_ip: self.reach_lan_ip(),
@@ -109,7 +107,18 @@ impl Net {
         if self.config.wan_ip.is_none()
             && let Some(ip) = report.wan_ip
         {
-            self.set_wan_ip(ip);
+            match self.core.observed_ip() {
+                // What the rendezvous sees is what peers see; a gateway behind a carrier NAT
+                // reports its own (carrier-side) address.
+                Some(observed) if observed != std::net::IpAddr::V4(ip) => warn!(
+                    %observed,
+                    reported = %ip,
+                    "the gateway or forwarding check reports another WAN address than the \
+                     rendezvous sees (a second NAT, e.g. a carrier's?); keeping the observed one"
+                ),
+                Some(_) => {}
+                None => self.set_wan_ip(ip),
+            }
         }
         if report.node_type == NodeKind::Passive
             && let (Some(port), Some(forwarding)) = (report.external_port, report.forwarding)
@@ -126,6 +135,7 @@ impl Net {
             self.set_forwarding(forwarding.to_unl());
         } else {
             let role = match self.reach_role {
+                Role::Auto => "auto: chosen from the NAT detection",
                 Role::Passive => "passive: peers told to dial it will fail",
                 Role::Active => "active",
                 Role::Simultaneous => "simultaneous: reachable by hole punching if the NAT allows",
@@ -156,11 +166,11 @@ impl Net {
     }
 
     /// The forwarding type a node has before any probe.
-    pub(super) fn default_forwarding(&self) -> crate::unl::Forwarding {
+    pub(super) fn default_forwarding(&self) -> wire::unl::Forwarding {
         if self.config.external_port.is_some() {
-            crate::unl::Forwarding::Manual
+            wire::unl::Forwarding::Manual
         } else {
-            crate::unl::Forwarding::Forwarded
+            wire::unl::Forwarding::Forwarded
         }
     }
 }

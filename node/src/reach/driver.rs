@@ -2,7 +2,7 @@
 //! on a short-lived helper thread that sends its result back through a channel and wakes the
 //! `Net` loop with its `mio::Waker`. The loop calls [`Reachability::drive`] every turn.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
@@ -10,14 +10,17 @@ use std::time::{Duration, Instant};
 use mio::Waker;
 use tracing::{debug, info, warn};
 
+use super::check::{CheckError, CheckServer};
 use super::gateway::{self, Router, UpnpGateway};
 use super::lease::LeaseEvent;
-use super::probe::{Action, CheckId, Probe, ProbeConfig};
-use super::{CheckError, CheckServer, Leases, Mapping, Protocol, ReachReport};
-use crate::proto::nat::NatMapping;
+use super::lease::Leases;
+use super::probe::{Action, CheckId, PcpAnswer, Probe, ProbeConfig};
+use super::report::{Mapping, Protocol, ReachReport};
+use wire::nat::NatMapping;
 
-/// Bound on one renewal or deletion by NAT-PMP (UPnP's SOAP has igd-next's own 10 s bound).
-const NATPMP_EXCHANGE: Duration = Duration::from_secs(2);
+/// Bound on one renewal or deletion by NAT-PMP or PCP (UPnP's SOAP has igd-next's own 10 s
+/// bound).
+const UDP_EXCHANGE: Duration = Duration::from_secs(2);
 
 /// A helper's result.
 #[derive(Debug)]
@@ -29,6 +32,11 @@ enum Done {
     Natpmp {
         generation: u32,
         result: Result<(Ipv4Addr, Ipv4Addr), String>,
+    },
+    Pcp {
+        generation: u32,
+        server: Option<SocketAddr>,
+        answer: PcpAnswer,
     },
     Mapped {
         generation: u32,
@@ -81,6 +89,7 @@ pub(crate) struct Reachability {
     leases: Leases,
     upnp: Option<UpnpGateway>,
     natpmp: Option<Ipv4Addr>,
+    pcp: Option<SocketAddr>,
     /// Helpers running: mapping requests (a late mapping must be deleted) and deletions.
     maps_in_flight: usize,
     unmaps_in_flight: usize,
@@ -101,6 +110,7 @@ impl Reachability {
             leases: Leases::new(),
             upnp: None,
             natpmp: None,
+            pcp: None,
             maps_in_flight: 0,
             unmaps_in_flight: 0,
         }
@@ -119,6 +129,7 @@ impl Reachability {
             listen_port = ?config.listen_port,
             upnp = config.upnp,
             natpmp = config.natpmp,
+            pcp = config.pcp,
             forwarding_check = ?self.server.as_ref().map(ToString::to_string),
             budget = ?config.timeout,
             "probing reachability"
@@ -266,6 +277,18 @@ impl Reachability {
                     p.handle_natpmp(now, result.map(|(_, ext)| ext));
                 }
             }
+            Done::Pcp {
+                generation,
+                server,
+                answer,
+            } => {
+                if server.is_some() {
+                    self.pcp = server;
+                }
+                if let Some(p) = probe.filter(|_| generation == current) {
+                    p.handle_pcp(now, answer);
+                }
+            }
             Done::Mapped {
                 generation,
                 protocol,
@@ -343,6 +366,16 @@ impl Reachability {
                     generation,
                     result: gateway::natpmp_discover(None, until),
                 }),
+                Action::PcpAnnounce { bind, until } => {
+                    self.spawn("reach-pcp", move || {
+                        let (server, answer) = gateway::pcp_discover(bind, until);
+                        Done::Pcp {
+                            generation,
+                            server,
+                            answer,
+                        }
+                    });
+                }
                 Action::Map {
                     protocol,
                     external_port,
@@ -370,6 +403,7 @@ impl Reachability {
                             internal,
                             lease_secs,
                             fixed,
+                            None,
                             until,
                         ),
                     });
@@ -408,6 +442,7 @@ impl Reachability {
         match protocol {
             Protocol::Upnp => self.upnp.clone().map(Router::Upnp),
             Protocol::Natpmp => self.natpmp.map(Router::Natpmp),
+            Protocol::Pcp => self.pcp.map(Router::Pcp),
         }
     }
 
@@ -428,7 +463,8 @@ impl Reachability {
                 asked.internal,
                 asked.lease_secs,
                 true,
-                Instant::now() + NATPMP_EXCHANGE,
+                asked.nonce,
+                Instant::now() + UDP_EXCHANGE,
             ),
         });
     }
@@ -441,7 +477,7 @@ impl Reachability {
         self.unmaps_in_flight += 1;
         self.spawn("reach-unmap", move || Done::Unmapped {
             mapping,
-            result: gateway::unmap(&router, &mapping, Instant::now() + NATPMP_EXCHANGE),
+            result: gateway::unmap(&router, &mapping, Instant::now() + UDP_EXCHANGE),
         });
     }
 

@@ -1,5 +1,10 @@
-//! Blocking UPnP (igd-next, sync API) and NAT-PMP (natpmp, no tokio) operations, each
-//! bounded, for helper threads. Errors are sentences with values, ready for a report.
+//! Blocking UPnP (igd-next, sync API), NAT-PMP (natpmp, no tokio) and PCP (our own client,
+//! [`super::pcp`]) operations, each bounded, for helper threads. Errors are sentences with
+//! values, ready for a report.
+//!
+//! PCP: an ANNOUNCE to the default gateway's port 5351 tells whether it speaks PCP; a MAP
+//! (with `PREFER_FAILURE` when the external port is fixed) makes or renews a mapping with its
+//! nonce, and deletes it with lifetime 0.
 //!
 //! NAT-PMP: the `natpmp` crate's socket is non-blocking and its retries follow RFC 6886
 //! (250 ms doubling nine times, about 128 s); here every exchange stops at an `until` instant
@@ -16,7 +21,10 @@ use igd_next::{
 };
 use natpmp::{Natpmp, Response};
 
-use super::{Mapping, Protocol};
+use super::pcp::{self, MapSpec};
+use super::probe::PcpAnswer;
+use super::report::{Mapping, Protocol};
+use wire::pcp::Nonce;
 
 /// The description given to UPnP mappings (shown by `upnpc -l` and router pages).
 pub const MAPPING_DESCRIPTION: &str = "p2p-node";
@@ -81,12 +89,7 @@ pub fn upnp_map(
     let tcp = PortMappingProtocol::TCP;
     let local = SocketAddr::V4(internal);
     let lease = lease_secs.max(1);
-    let mapped = |port| Mapping {
-        protocol: Protocol::Upnp,
-        external_port: port,
-        internal,
-        lease_secs: lease,
-    };
+    let mapped = |port| Mapping::new(Protocol::Upnp, port, internal, lease);
     match gw
         .gateway
         .add_port(tcp, external_port, local, lease, MAPPING_DESCRIPTION)
@@ -205,12 +208,12 @@ pub fn natpmp_map(
                     m.public_port()
                 ));
             }
-            Ok(Mapping {
-                protocol: Protocol::Natpmp,
-                external_port: m.public_port(),
+            Ok(Mapping::new(
+                Protocol::Natpmp,
+                m.public_port(),
                 internal,
-                lease_secs: granted,
-            })
+                granted,
+            ))
         }
         other => Err(format!(
             "NAT-PMP gateway {gateway}: unexpected answer {other:?} to a TCP mapping request"
@@ -258,27 +261,123 @@ fn natpmp_wait(client: &mut Natpmp, gateway: Ipv4Addr, until: Instant) -> Result
     }
 }
 
-/// A UPnP or NAT-PMP mapping request, for [`map`]/[`unmap`].
+/// Asks the default gateway (from `bind`, our LAN address) whether it speaks PCP: its PCP
+/// server address when it does, and the answer for the probe (which tells whether NAT-PMP is
+/// worth asking on the same port).
+pub fn pcp_discover(bind: Ipv4Addr, until: Instant) -> (Option<SocketAddr>, PcpAnswer) {
+    let Some(gateway) = default_gateway() else {
+        let why = "no default gateway to ask (no IPv4 default route)".to_owned();
+        return (
+            None,
+            PcpAnswer::Nothing {
+                pcp: why.clone(),
+                natpmp: why,
+            },
+        );
+    };
+    let server = pcp::server_v4(gateway);
+    match pcp::announce(server, Some(IpAddr::V4(bind)), until) {
+        Ok(_epoch) => (Some(server), PcpAnswer::Speaks),
+        Err(e @ pcp::PcpClientError::NoServer { .. }) => (
+            None,
+            PcpAnswer::Nothing {
+                pcp: e.to_string(),
+                natpmp: format!("no NAT-PMP server at {server} (port unreachable)"),
+            },
+        ),
+        Err(e) => (None, PcpAnswer::NotPcp(e.to_string())),
+    }
+}
+
+/// Maps TCP `external_port` (a wish unless `fixed`) to `internal` for `lease_secs` on the PCP
+/// server `server`; `nonce` is the mapping's own when renewing, `None` for a new one.
+pub fn pcp_map(
+    server: SocketAddr,
+    internal: SocketAddrV4,
+    external_port: u16,
+    lease_secs: u32,
+    fixed: bool,
+    nonce: Option<Nonce>,
+    until: Instant,
+) -> Result<Mapping, String> {
+    let spec = MapSpec {
+        protocol: wire::pcp::Protocol::TCP,
+        internal: SocketAddr::V4(internal),
+        external_port,
+        lifetime_secs: lease_secs.max(1),
+        nonce: nonce.unwrap_or_else(pcp::random_nonce),
+        prefer_failure: fixed,
+    };
+    let granted = pcp::map(server, spec, until).map_err(|e| e.to_string())?;
+    let external_ip = match granted.external.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    };
+    Ok(Mapping {
+        external_ip,
+        nonce: Some(granted.nonce),
+        ..Mapping::new(
+            Protocol::Pcp,
+            granted.external.port(),
+            internal,
+            granted.lifetime_secs,
+        )
+    })
+}
+
+/// Deletes a PCP mapping (lifetime 0, its nonce). One without a nonce (not made by PCP)
+/// cannot be named to the server.
+pub fn pcp_unmap(server: SocketAddr, mapping: &Mapping, until: Instant) -> Result<(), String> {
+    let nonce = mapping
+        .nonce
+        .ok_or_else(|| format!("{mapping}: no PCP nonce to delete it with"))?;
+    let spec = MapSpec {
+        protocol: wire::pcp::Protocol::TCP,
+        internal: SocketAddr::V4(mapping.internal),
+        external_port: mapping.external_port,
+        lifetime_secs: 0,
+        nonce,
+        prefer_failure: false,
+    };
+    pcp::map(server, spec, until)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// A UPnP, NAT-PMP or PCP gateway, for [`map`]/[`unmap`].
 #[derive(Debug, Clone)]
 pub enum Router {
     /// A UPnP gateway.
     Upnp(UpnpGateway),
     /// A NAT-PMP gateway's address.
     Natpmp(Ipv4Addr),
+    /// A PCP server's address.
+    Pcp(SocketAddr),
 }
 
-/// Makes (or renews: the same request again) a mapping on `router`.
+/// Makes a mapping on `router`, or renews one (the same request again; `nonce`: PCP's
+/// mapping nonce, `None` for a new mapping).
 pub fn map(
     router: &Router,
     external_port: u16,
     internal: SocketAddrV4,
     lease_secs: u32,
     fixed: bool,
+    nonce: Option<Nonce>,
     until: Instant,
 ) -> Result<Mapping, String> {
     match router {
         Router::Upnp(gw) => upnp_map(gw, external_port, internal, lease_secs, fixed),
         Router::Natpmp(gw) => natpmp_map(*gw, internal, external_port, lease_secs, until),
+        Router::Pcp(server) => pcp_map(
+            *server,
+            internal,
+            external_port,
+            lease_secs,
+            fixed,
+            nonce,
+            until,
+        ),
     }
 }
 
@@ -287,5 +386,6 @@ pub fn unmap(router: &Router, mapping: &Mapping, until: Instant) -> Result<(), S
     match router {
         Router::Upnp(gw) => upnp_unmap(gw, mapping.external_port),
         Router::Natpmp(gw) => natpmp_unmap(*gw, mapping.internal.port(), until),
+        Router::Pcp(server) => pcp_unmap(*server, mapping, until),
     }
 }

@@ -8,8 +8,7 @@
 //! use node::reach::lease::LeaseEvent;
 //!
 //! let t0 = Instant::now();
-//! let m = Mapping { protocol: Protocol::Upnp, external_port: 50500,
-//!     internal: "192.168.1.2:50500".parse().unwrap(), lease_secs: 60 };
+//! let m = Mapping::new(Protocol::Upnp, 50500, "192.168.1.2:50500".parse().unwrap(), 60);
 //! let mut leases = Leases::new();
 //! leases.add(t0, m);
 //! assert_eq!(leases.poll_timeout(), Some(t0 + Duration::from_secs(30)));
@@ -24,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Mapping;
+use super::report::Mapping;
 
 /// A failed renewal is not retried sooner than this.
 pub const MIN_RETRY: Duration = Duration::from_secs(1);

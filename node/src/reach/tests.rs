@@ -6,12 +6,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use super::lease::LeaseEvent;
-use super::probe::{Action, CheckId, Probe, ProbeConfig, UPNP_HEAD_START};
+use super::probe::{Action, CheckId, HEAD_START, Probe, ProbeConfig};
 use super::{
-    CheckError, Forwarding, Leases, Mapping, Method, NodeKind, Outcome, Protocol, ReachReport,
-    WanIpSource,
+    CheckError, Forwarding, Leases, Mapping, Method, NodeKind, Outcome, PcpAnswer, Protocol,
+    ReachReport, WanIpSource,
 };
-use crate::proto::nat::NatMapping;
+use wire::nat::NatMapping;
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const WAN: Ipv4Addr = Ipv4Addr::new(11, 0, 0, 101);
@@ -21,9 +21,11 @@ fn ms(t0: Instant, n: u64) -> Instant {
     t0 + Duration::from_millis(n)
 }
 
+/// UPnP and NAT-PMP as before PCP came: the PCP probe has its own tests (`tests/pcp.rs`).
 fn config() -> ProbeConfig {
     ProbeConfig {
         nat_detection: false,
+        pcp: false,
         ..ProbeConfig::new(LAN, Some(PORT))
     }
 }
@@ -33,12 +35,7 @@ fn actions(p: &mut Probe) -> Vec<Action> {
 }
 
 fn mapping(protocol: Protocol, port: u16) -> Mapping {
-    Mapping {
-        protocol,
-        external_port: port,
-        internal: SocketAddrV4::new(LAN, PORT),
-        lease_secs: 3600,
-    }
+    Mapping::new(protocol, port, SocketAddrV4::new(LAN, PORT), 3600)
 }
 
 /// The check ids in `actions`, by port.
@@ -96,8 +93,10 @@ fn everything_starts_at_once_within_the_budget() {
         bind: LAN,
         timeout: Duration::from_secs(2)
     }));
-    assert!(first.contains(&Action::NatpmpAsk {
-        until: ms(t0, 2000)
+    // Port 5351: PCP first, NAT-PMP after it (tests/pcp.rs).
+    assert!(first.contains(&Action::PcpAnnounce {
+        bind: LAN,
+        until: ms(t0, 1000)
     }));
     assert!(first.contains(&Action::WanIp {
         timeout: Duration::from_secs(3)
@@ -120,7 +119,7 @@ fn upnp_is_used_first_when_both_answer_and_is_kept_once_proven() {
     // NAT-PMP answers first; it waits for UPnP's head start.
     p.handle_natpmp(ms(t0, 5), Ok(WAN));
     assert!(maps(&actions(&mut p)).is_empty());
-    assert_eq!(p.poll_timeout(), Some(t0 + UPNP_HEAD_START));
+    assert_eq!(p.poll_timeout(), Some(t0 + HEAD_START));
     p.handle_wan_ip(ms(t0, 8), Ok(WAN));
     p.handle_upnp(ms(t0, 60), Ok(Some(WAN)));
     let next = actions(&mut p);
@@ -185,7 +184,7 @@ fn natpmp_maps_alone_once_upnps_head_start_is_over() {
     let mut p = Probe::new(t0, config());
     actions(&mut p);
     p.handle_natpmp(ms(t0, 3), Ok(WAN));
-    p.handle_timeout(t0 + UPNP_HEAD_START);
+    p.handle_timeout(t0 + HEAD_START);
     let next = actions(&mut p);
     assert_eq!(maps(&next), vec![Protocol::Natpmp]);
     // NAT-PMP may grant another port and a shorter lease: that is what gets checked.
@@ -258,9 +257,19 @@ fn no_router_ends_with_reasons_and_the_nat_type_decides() {
         let t0 = Instant::now();
         let mut p = Probe::new(t0, ProbeConfig::new(LAN, Some(PORT)));
         let (direct, _) = checks(&actions(&mut p))[0];
-        p.handle_natpmp(
+        // Nothing on port 5351: PCP and NAT-PMP fail together.
+        p.handle_pcp(
             ms(t0, 1),
-            Err("no NAT-PMP server at 192.168.1.1:5351 (port unreachable)".to_owned()),
+            PcpAnswer::Nothing {
+                pcp: "no PCP server at 192.168.1.1:5351 (port unreachable)".to_owned(),
+                natpmp: "no NAT-PMP server at 192.168.1.1:5351 (port unreachable)".to_owned(),
+            },
+        );
+        assert!(
+            !actions(&mut p)
+                .iter()
+                .any(|a| matches!(a, Action::NatpmpAsk { .. })),
+            "nothing to ask NAT-PMP on a closed port"
         );
         p.handle_nat(ms(t0, 10), Ok(nat));
         p.handle_wan_ip(ms(t0, 4), Ok(WAN));
@@ -279,6 +288,7 @@ fn no_router_ends_with_reasons_and_the_nat_type_decides() {
             r.reason
         );
         assert!(r.reason.contains("no NAT-PMP server"), "{}", r.reason);
+        assert!(r.reason.contains("pcp: no PCP server"), "{}", r.reason);
         assert!(
             r.reason.contains("not reachable from outside"),
             "{}",
@@ -462,6 +472,7 @@ fn without_a_forwarding_check_nothing_is_mapped_and_a_manual_port_is_trusted() {
     let first = actions(&mut p);
     assert!(checks(&first).is_empty());
     assert!(!first.iter().any(|a| matches!(a, Action::WanIp { .. })));
+    p.handle_pcp(ms(t0, 2), PcpAnswer::Speaks);
     p.handle_upnp(ms(t0, 40), Ok(Some(WAN)));
     p.handle_natpmp(ms(t0, 41), Ok(WAN));
     assert!(maps(&actions(&mut p)).is_empty());
@@ -523,6 +534,7 @@ fn a_node_that_does_not_listen_maps_nothing() {
     assert!(checks(&first).is_empty());
     p.handle_wan_ip(ms(t0, 1), Ok(WAN));
     p.handle_nat(ms(t0, 5), Ok(NatMapping::Preserving));
+    p.handle_pcp(ms(t0, 2), PcpAnswer::Speaks);
     p.handle_upnp(ms(t0, 40), Ok(Some(WAN)));
     p.handle_natpmp(ms(t0, 41), Ok(WAN));
     assert!(maps(&actions(&mut p)).is_empty());
@@ -742,3 +754,5 @@ fn a_mapping_kept_from_before_is_adopted_kept_when_still_good_else_deleted() {
     p.adopt(old);
     assert_eq!(unmaps(&actions(&mut p)), vec![old]);
 }
+
+mod pcp;

@@ -19,17 +19,21 @@
 //! A session ends when both directions are finished (both sides read to EOF or dead, both
 //! destinations shut down or dead), when nothing moved for `relay_idle_timeout`, or
 //! [`RELAY_LINGER`] after a side failed if the other side does not close.
+//!
+//! This file: the types, pairing, limits, timeouts and the end of a session; `pipe` (a child
+//! module) is the byte path (budgets, queues, FINs, failures), `bucket` the [`TokenBucket`].
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use node::proto::rendezvous::{RelayToken, Response};
 use thiserror::Error;
 use tracing::{debug, info};
+use wire::rendezvous::{RelayToken, Response};
 
 use super::{Action, ConnId, Core};
+pub use bucket::TokenBucket;
 
 /// After one side of a session failed, how long the other side may take to close before the
 /// session is torn down anyway. Until then its bytes are read and dropped, so that closing it
@@ -87,96 +91,6 @@ pub enum RelayError {
     /// The server is stopping.
     #[error("server shutting down")]
     ShuttingDown,
-}
-
-/// A token bucket: `rate` bytes per second, at most `burst` saved up. Pure arithmetic with the
-/// time passed in; it never loses or invents a byte: over any interval `t`, at most
-/// `burst + rate * t` bytes are granted.
-///
-/// ```
-/// use std::time::{Duration, Instant};
-/// use rendezvous::core::TokenBucket;
-///
-/// let t0 = Instant::now();
-/// let mut bucket = TokenBucket::new(1000, 500, t0); // 1000 B/s, starts full
-/// assert_eq!(bucket.available(t0), 500);
-/// bucket.take(500);
-/// assert_eq!(bucket.available(t0 + Duration::from_millis(100)), 100);
-/// assert_eq!(bucket.ready_at(300), t0 + Duration::from_millis(300));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenBucket {
-    rate: u64,
-    burst: u64,
-    tokens: u64,
-    /// The moment `tokens` is exact for (fractions of a byte earned since are not lost: this
-    /// only advances by the time that earned whole bytes).
-    updated: Instant,
-}
-
-const NANOS_PER_SEC: u128 = 1_000_000_000;
-
-impl TokenBucket {
-    /// A full bucket. `rate` and `burst` are raised to at least 1.
-    pub fn new(rate: u64, burst: u64, now: Instant) -> Self {
-        let burst = burst.max(1);
-        TokenBucket {
-            rate: rate.max(1),
-            burst,
-            tokens: burst,
-            updated: now,
-        }
-    }
-
-    /// Bytes per second.
-    pub fn rate(&self) -> u64 {
-        self.rate
-    }
-
-    /// Most bytes saved up.
-    pub fn burst(&self) -> u64 {
-        self.burst
-    }
-
-    /// Bytes that may be taken at `now`.
-    pub fn available(&mut self, now: Instant) -> u64 {
-        self.refill(now);
-        self.tokens
-    }
-
-    /// Takes `n` bytes (at most what is there; call [`available`](Self::available) first).
-    pub fn take(&mut self, n: u64) {
-        self.tokens = self.tokens.saturating_sub(n);
-    }
-
-    /// The earliest moment [`available`](Self::available) reaches `want` (capped at the
-    /// burst). At or before the last refill when it is there already.
-    pub fn ready_at(&self, want: u64) -> Instant {
-        let want = want.min(self.burst);
-        if self.tokens >= want {
-            return self.updated;
-        }
-        let missing = u128::from(want - self.tokens);
-        let nanos = (missing * NANOS_PER_SEC).div_ceil(u128::from(self.rate));
-        self.updated + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_nanos();
-        let earned = elapsed * u128::from(self.rate) / NANOS_PER_SEC;
-        let room = u128::from(self.burst - self.tokens);
-        if earned >= room {
-            self.tokens = self.burst;
-            self.updated = now;
-        } else if earned > 0 {
-            // earned < room <= burst, so it fits in u64.
-            self.tokens += u64::try_from(earned).unwrap_or(0);
-            // The time those whole bytes took, rounded up: never more than `elapsed`, and the
-            // remainder (a fraction of a byte) stays to be earned.
-            let spent = (earned * NANOS_PER_SEC).div_ceil(u128::from(self.rate));
-            self.updated += Duration::from_nanos(u64::try_from(spent).unwrap_or(u64::MAX));
-        }
-    }
 }
 
 /// Why a source is not being read.
@@ -301,15 +215,24 @@ impl Relays {
         self.queued_peak = self.queued_peak.max(self.queued);
     }
 
+    /// Relay connections from `ip` (from its IPv6 /64: [`server_kit::caller_key`]).
+    fn held_by(&self, ip: IpAddr) -> usize {
+        self.per_ip
+            .get(&server_kit::caller_key(ip))
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn ip_up(&mut self, ip: IpAddr) {
-        *self.per_ip.entry(ip).or_insert(0) += 1;
+        *self.per_ip.entry(server_kit::caller_key(ip)).or_insert(0) += 1;
     }
 
     fn ip_down(&mut self, ip: IpAddr) {
-        if let Some(n) = self.per_ip.get_mut(&ip) {
+        let key = server_kit::caller_key(ip);
+        if let Some(n) = self.per_ip.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                self.per_ip.remove(&ip);
+                self.per_ip.remove(&key);
             }
         }
     }
@@ -344,7 +267,7 @@ impl Core {
             return self.relay_refuse(id, &RelayError::TokenInUse);
         }
         let limit = self.config.max_relays_per_ip;
-        if self.relays.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= limit {
+        if self.relays.held_by(peer.ip()) >= limit {
             let ip = peer.ip();
             return self.relay_refuse(id, &RelayError::TooManyFromIp { ip, limit });
         }
@@ -378,6 +301,14 @@ impl Core {
     /// Sends `ERROR relay: <why>` and closes the connection.
     pub(super) fn relay_refuse(&mut self, id: ConnId, why: &RelayError) {
         self.relays.refused += 1;
+        let hits = &mut self.stats.limit_hits;
+        match why {
+            RelayError::ServerFull { .. } => hits.relay_server_full += 1,
+            RelayError::TooManyFromIp { .. } => hits.relay_per_ip += 1,
+            RelayError::EarlyDataOverCap { .. } => hits.relay_early_data += 1,
+            RelayError::WaitTimeout { .. } => hits.relay_wait_timeout += 1,
+            _ => {}
+        }
         self.send(id, &Response::Error(format!("relay: {why}")));
         let reason = why.to_string();
         self.close(id, &reason);
@@ -409,12 +340,12 @@ impl Core {
     /// Splices waiting connection `a` with `b`, which just presented the same token.
     fn pair(&mut self, now: Instant, a: ConnId, b: ConnId, b_peer: SocketAddr, token: RelayToken) {
         let ok = format!("{}\r\n", Response::RelayOk).into_bytes();
-        let Some(Some(conn_b)) = self.conns.get_mut(b.0) else {
+        let Some(conn_b) = self.conns.get_mut(b) else {
             return;
         };
         let early_b = conn_b.framer.take_buffered();
         let out_b = std::mem::take(&mut conn_b.out);
-        let Some(Some(conn_a)) = self.conns.get_mut(a.0) else {
+        let Some(conn_a) = self.conns.get_mut(a) else {
             return;
         };
         let a_peer = conn_a.peer;
@@ -464,7 +395,7 @@ impl Core {
         self.relays.ip_up(b_peer.ip());
         self.relays.paired += 1;
         for (side, id) in [a, b].into_iter().enumerate() {
-            if let Some(Some(conn)) = self.conns.get_mut(id.0) {
+            if let Some(conn) = self.conns.get_mut(id) {
                 conn.relay = RelayState::Active { session: sid, side };
             }
             self.actions.push_back(Action::Flush(id));
@@ -488,8 +419,8 @@ impl Core {
 
     /// The session and side of an active relay connection.
     fn side_of(&self, id: ConnId) -> Option<(u64, usize)> {
-        match self.conns.get(id.0) {
-            Some(Some(conn)) if !conn.closing => match conn.relay {
+        match self.conns.get(id) {
+            Some(conn) if !conn.closing => match conn.relay {
                 RelayState::Active { session, side } => Some((session, side)),
                 _ => None,
             },
@@ -498,234 +429,6 @@ impl Core {
     }
 
     /// How many bytes the driver may read from `id` now: `usize::MAX` for a line connection
-    /// (use your buffer's size), 0 for a connection that must not be read (closed or closing;
-    /// relayed and its partner's queue is full, its rate budget is spent, or it sent EOF). A paused connection
-    /// gets an [`Action::Read`] when it may be read again.
-    pub fn read_budget(&mut self, now: Instant, id: ConnId) -> usize {
-        if self.live_conn(id).is_none() {
-            return 0;
-        }
-        let Some((sid, side)) = self.side_of(id) else {
-            return usize::MAX;
-        };
-        let cap = self.config.relay_buffer_bytes;
-        let Some(session) = self.relays.sessions.get_mut(&sid) else {
-            return usize::MAX;
-        };
-        let pipe = &mut session.pipes[side];
-        if pipe.source_done {
-            return 0;
-        }
-        if pipe.sink {
-            return usize::MAX;
-        }
-        let room = cap.saturating_sub(pipe.queue.len());
-        if room == 0 {
-            pipe.paused = Some(Pause::Flow);
-            return 0;
-        }
-        let Some(bucket) = &mut pipe.bucket else {
-            return room;
-        };
-        let tokens = bucket.available(now);
-        if tokens == 0 {
-            let at = bucket.ready_at(bucket.burst() / 4);
-            pipe.paused = Some(Pause::Rate(at));
-            self.relays.timers.insert((at, id));
-            return 0;
-        }
-        usize::try_from(tokens).map_or(room, |t| t.min(room))
-    }
-
-    /// Where bytes read from `id` may be written straight away, skipping the queue: the
-    /// partner, when `id` is relayed and nothing is queued for the partner. Report what was
-    /// written with [`handle_relay_read`](Self::handle_relay_read).
-    pub fn relay_direct_target(&self, id: ConnId) -> Option<ConnId> {
-        let (sid, side) = self.side_of(id)?;
-        let session = self.relays.sessions.get(&sid)?;
-        let pipe = &session.pipes[side];
-        (pipe.queue.is_empty() && !pipe.sink && !pipe.shut).then_some(session.conns[1 - side])
-    }
-
-    /// `data` was read from relayed connection `src`, and its first `written` bytes were
-    /// already written to the partner (see [`relay_direct_target`](Self::relay_direct_target));
-    /// the rest is queued for it. [`handle_data`](Self::handle_data) is this with `written` 0.
-    pub fn handle_relay_read(&mut self, now: Instant, src: ConnId, data: &[u8], written: usize) {
-        let Some((sid, side)) = self.side_of(src) else {
-            return;
-        };
-        let Some(session) = self.relays.sessions.get_mut(&sid) else {
-            return;
-        };
-        session.last_activity = now;
-        let dst = session.conns[1 - side];
-        let pipe = &mut session.pipes[side];
-        pipe.read += data.len() as u64;
-        if let Some(bucket) = &mut pipe.bucket {
-            bucket.take(data.len() as u64);
-        }
-        if pipe.sink {
-            return;
-        }
-        self.relays.bytes += data.len() as u64;
-        let rest = &data[written.min(data.len())..];
-        if rest.is_empty() {
-            return;
-        }
-        let was_empty = pipe.queue.is_empty();
-        pipe.queue.extend(rest);
-        self.relays.add_queued(rest.len());
-        if was_empty {
-            self.actions.push_back(Action::Flush(dst));
-        }
-    }
-
-    /// The bytes queued for relayed connection `id`.
-    pub(super) fn relay_output(&self, id: ConnId) -> Option<&[u8]> {
-        let (sid, side) = self.side_of(id)?;
-        let pipe = &self.relays.sessions.get(&sid)?.pipes[1 - side];
-        Some(if pipe.sink {
-            &[]
-        } else {
-            pipe.queue.as_slices().0
-        })
-    }
-
-    /// `n` bytes queued for relayed connection `id` were written. Returns false if `id` is not
-    /// relayed.
-    pub(super) fn relay_consumed(&mut self, now: Instant, id: ConnId, n: usize) -> bool {
-        let Some((sid, side)) = self.side_of(id) else {
-            return false;
-        };
-        let half = self.config.relay_buffer_bytes / 2;
-        let Some(session) = self.relays.sessions.get_mut(&sid) else {
-            return false;
-        };
-        let src = session.conns[1 - side];
-        let pipe = &mut session.pipes[1 - side];
-        let n = n.min(pipe.queue.len());
-        pipe.queue.drain(..n);
-        self.relays.queued -= n;
-        if n > 0 {
-            session.last_activity = now;
-        }
-        if pipe.queue.is_empty() && pipe.queue.capacity() > RETAINED_QUEUE_BYTES {
-            pipe.queue = VecDeque::new();
-        }
-        if pipe.paused == Some(Pause::Flow) && pipe.queue.len() <= half {
-            pipe.paused = None;
-            self.actions.push_back(Action::Read(src));
-        }
-        self.forward_fin(sid, 1 - side);
-        true
-    }
-
-    /// If direction `dir` of session `sid` has nothing left to send and its source is done,
-    /// shuts the destination's write side; ends the session when everything is finished.
-    fn forward_fin(&mut self, sid: u64, dir: usize) {
-        let Some(session) = self.relays.sessions.get_mut(&sid) else {
-            return;
-        };
-        let dst = session.conns[1 - dir];
-        let pipe = &mut session.pipes[dir];
-        if pipe.source_done && !pipe.sink && !pipe.shut && pipe.queue.is_empty() {
-            pipe.shut = true;
-            self.actions.push_back(Action::ShutdownWrite(dst));
-        }
-        if session.pipes.iter().all(Pipe::finished) {
-            let reason = session
-                .first_end
-                .clone()
-                .unwrap_or_else(|| "both sides closed".to_string());
-            self.end_session(sid, &reason);
-        }
-    }
-
-    /// Relayed connection `id` sent EOF: forward it once what it sent is written.
-    pub(super) fn relay_eof(&mut self, now: Instant, id: ConnId) -> bool {
-        let Some((sid, side)) = self.side_of(id) else {
-            return false;
-        };
-        let Some(session) = self.relays.sessions.get_mut(&sid) else {
-            return false;
-        };
-        session.last_activity = now;
-        let peer = session.peers[side];
-        session
-            .first_end
-            .get_or_insert_with(|| format!("{} closed", Side(&peer)));
-        let pipe = &mut session.pipes[side];
-        pipe.source_done = true;
-        self.unpause(sid, side);
-        debug!(conn = id.0, %peer, "relay side sent EOF");
-        self.forward_fin(sid, side);
-        true
-    }
-
-    /// Relayed connection `id` failed (read or write error): drop what is queued for it,
-    /// forward what it sent, and read its partner to EOF (or [`RELAY_LINGER`]).
-    pub(super) fn relay_failed(&mut self, now: Instant, id: ConnId, why: &str) -> bool {
-        let Some((sid, side)) = self.side_of(id) else {
-            return false;
-        };
-        let Some(session) = self.relays.sessions.get_mut(&sid) else {
-            return false;
-        };
-        let peer = session.peers[side];
-        let partner = session.conns[1 - side];
-        session
-            .first_end
-            .get_or_insert_with(|| format!("{} failed: {why}", Side(&peer)));
-        session.linger_until.get_or_insert(now + RELAY_LINGER);
-        let from = &mut session.pipes[side];
-        from.source_done = true;
-        let to = &mut session.pipes[1 - side];
-        to.sink = true;
-        let dropped = to.queue.len();
-        to.queue = VecDeque::new();
-        let resume = to.paused.take().is_some() && !to.source_done;
-        self.relays.queued -= dropped;
-        self.unpause(sid, side);
-        if resume {
-            self.actions.push_back(Action::Read(partner));
-        }
-        debug!(conn = id.0, %peer, why, "relay side failed");
-        self.forward_fin(sid, side);
-        self.forward_fin(sid, 1 - side);
-        true
-    }
-
-    /// Forgets that direction `dir`'s source was paused (and its timer).
-    fn unpause(&mut self, sid: u64, dir: usize) {
-        let Some(session) = self.relays.sessions.get_mut(&sid) else {
-            return;
-        };
-        let src = session.conns[dir];
-        if let Some(Pause::Rate(at)) = session.pipes[dir].paused.take() {
-            self.relays.timers.remove(&(at, src));
-        }
-    }
-
-    /// Fires due rate-limit timers: paused sources get an [`Action::Read`].
-    pub(super) fn relay_timers(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.relays.timers.first() {
-            if at > now {
-                return;
-            }
-            self.relays.timers.pop_first();
-            let Some((sid, side)) = self.side_of(id) else {
-                continue;
-            };
-            if let Some(session) = self.relays.sessions.get_mut(&sid) {
-                let pipe = &mut session.pipes[side];
-                if pipe.paused == Some(Pause::Rate(at)) {
-                    pipe.paused = None;
-                    self.actions.push_back(Action::Read(id));
-                }
-            }
-        }
-    }
-
     /// The relay part of the sweep: waits, idle sessions, lingering sessions.
     pub(super) fn relay_expire(&mut self, now: Instant) {
         let wait = self.config.relay_wait_timeout;
@@ -734,8 +437,8 @@ impl Core {
             .waiting
             .values()
             .copied()
-            .filter(|id| match self.conns.get(id.0) {
-                Some(Some(conn)) => match conn.relay {
+            .filter(|id| match self.conns.get(*id) {
+                Some(conn) => match conn.relay {
                     RelayState::Waiting { since, .. } => {
                         now.saturating_duration_since(since) >= wait
                     }
@@ -798,7 +501,7 @@ impl Core {
             "relay session ended"
         );
         for id in session.conns {
-            if let Some(Some(conn)) = self.conns.get_mut(id.0) {
+            if let Some(conn) = self.conns.get_mut(id) {
                 conn.relay = RelayState::None;
             }
             self.close(id, reason);
@@ -808,7 +511,7 @@ impl Core {
     /// Called when a connection is being closed: removes it from the relay tables. Returns
     /// true if it was relayed (its session ended, which closed it and its partner).
     pub(super) fn relay_detach(&mut self, id: ConnId, reason: &str) -> bool {
-        let Some(Some(conn)) = self.conns.get_mut(id.0) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
         let peer = conn.peer;
@@ -848,5 +551,7 @@ fn shrunk(buf: Vec<u8>) -> Vec<u8> {
     if buf.is_empty() { Vec::new() } else { buf }
 }
 
+mod bucket;
+mod pipe;
 #[cfg(test)]
 mod tests;

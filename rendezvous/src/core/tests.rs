@@ -4,7 +4,7 @@
 use super::*;
 use std::collections::HashMap;
 
-struct Harness {
+pub(super) struct Harness {
     core: Core,
     now: Instant,
     wall: SystemTime,
@@ -12,7 +12,7 @@ struct Harness {
     closed: Vec<ConnId>,
 }
 
-fn config() -> Config {
+pub(super) fn config() -> Config {
     Config {
         seed: Some(7),
         ..Config::default()
@@ -90,7 +90,7 @@ impl Harness {
     }
 }
 
-fn nodes(reply: &[String]) -> Vec<SocketAddr> {
+pub(super) fn nodes(reply: &[String]) -> Vec<SocketAddr> {
     assert_eq!(reply.len(), 1, "one reply line expected: {reply:?}");
     match reply[0].parse::<Response>().unwrap() {
         Response::Nodes(entries) => entries.into_iter().map(|e| e.addr).collect(),
@@ -204,6 +204,29 @@ fn source_tcp_reports_the_observed_port() {
     let mut h = Harness::new(config());
     let c = h.open("192.0.2.7:34567");
     assert_eq!(h.ask(c, "SOURCE TCP 1234"), vec!["REMOTE TCP 34567"]);
+}
+
+#[test]
+fn source_addr_reports_the_observed_address_and_the_clock() {
+    let mut h = Harness::new(config());
+    h.advance(Duration::from_millis(1500));
+    let c = h.open("192.0.2.7:34567");
+    let reply = h.ask(c, "SOURCE ADDR");
+    assert_eq!(reply.len(), 1);
+    let Ok(Response::RemoteAddr { addr, time }) = reply[0].parse::<Response>() else {
+        panic!("not REMOTE ADDR: {reply:?}");
+    };
+    assert_eq!(addr, "192.0.2.7:34567".parse().unwrap());
+    let wall = h.wall.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(
+        (time.secs() - wall).abs() < 1e-3,
+        "{} vs {wall}",
+        time.secs()
+    );
+    assert_eq!(
+        h.ask(c, "SOURCE ADDR x"),
+        vec!["ERROR SOURCE ADDR: unexpected extra argument \"x\""]
+    );
 }
 
 #[test]
@@ -445,3 +468,6 @@ fn quit_closes_after_the_replies_before_it() {
     assert_eq!(h.take(c), vec!["REMOTE TCP 9"]);
     assert_eq!(h.closed, vec![c]);
 }
+
+#[path = "tests_v6.rs"]
+mod v6;

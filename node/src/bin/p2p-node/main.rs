@@ -18,8 +18,13 @@ use node::core::Event;
 use node::{Config, Net, Role};
 use tracing::{info, warn};
 
+mod flags;
 mod reach_cmd;
 mod unl_cmd;
+
+/// How long `run` and `connect` wait at start for the node's role, registration and
+/// mailbox (it keeps trying in the background after that).
+const READY_LIMIT: Duration = Duration::from_secs(5);
 
 /// A peer-to-peer node: finds other nodes through a rendezvous server, keeps TCP connections
 /// to them, and floods lines across the overlay.
@@ -49,10 +54,14 @@ enum Command {
     Run(RunArgs),
     /// Print this node's UNL (Universal Node Locator) and exit.
     ///
-    /// The UNL packs the node id (its mailbox name on the dht-msg server), role, NAT type,
-    /// port, WAN and LAN address into 52 base64 characters that another user can pass to
-    /// `p2p-node connect`. Without a forwarding check (or --wan-ip) the WAN address is taken
-    /// to be the LAN address, which is only right without a NAT.
+    /// The UNL (v3: `unl3.` and base64url, one line) carries the node's public key (its
+    /// node id, mailbox name and overlay id derive from it), role, NAT type, WAN and LAN
+    /// addresses with the port, and its rendezvous and mailbox servers, signed by the key:
+    /// another user passes it to `p2p-node connect`, which then opens an encrypted
+    /// connection that must prove that key. --v2 prints PyP2P's 52-character format instead
+    /// (no key: a PyP2P peer connects in plain text). Without a rendezvous, forwarding check
+    /// or --wan-ip the WAN address is taken to be the LAN address, which is only right
+    /// without a NAT.
     Unl(unl_cmd::UnlArgs),
     /// Open a direct connection to the node a UNL names, print the outcome, then exchange
     /// lines: stdin lines go to the peer, the peer's lines go to stdout.
@@ -73,13 +82,14 @@ enum Command {
     /// was tried, how long each step took and what worked.
     ///
     /// In parallel, within --reach-timeout (3 s): UPnP (SSDP discovery on the LAN, at most
-    /// 2 s) and NAT-PMP (the default gateway, port 5351) ask the router for its external IP;
-    /// the forwarding check (--forwarding-check http://HOST:PORT, a server on the public side)
-    /// tells the WAN IP and tries the port as it is; the rendezvous (--rendezvous) tells the
-    /// NAT type. Once a router answered, the port is mapped there (UPnP first) with a finite
-    /// lease and the forwarding check must prove it; an unproven mapping is deleted.
+    /// 2 s), NAT-PMP and PCP (the default gateway, port 5351) ask the router for its external
+    /// IP or whether it speaks PCP; the forwarding check (--forwarding-check http://HOST:PORT,
+    /// a server on the public side) tells the WAN IP and tries the port as it is; the
+    /// rendezvous (--rendezvous) tells the NAT type. Once a router answered, the port is
+    /// mapped there (PCP first, then UPnP, then NAT-PMP) with a finite lease and the
+    /// forwarding check must prove it; an unproven mapping is deleted.
     ///
-    /// Result: passive with forwarding upnp / natpmp / manual / forwarded, or else
+    /// Result: passive with forwarding pcp / upnp / natpmp / manual / forwarded, or else
     /// simultaneous (NAT preserving or delta: hole punching can work) or active. The mapping
     /// made here is deleted before exiting; `run` keeps its own and renews it.
     ///
@@ -94,15 +104,18 @@ enum Command {
 #[derive(Debug, Args)]
 struct RunArgs {
     #[command(flatten)]
-    servers: unl_cmd::ServerFlags,
+    identity: flags::IdentityFlags,
     #[command(flatten)]
-    reach: reach_cmd::ReachFlags,
+    servers: flags::ServerFlags,
+    #[command(flatten)]
+    reach: flags::ReachFlags,
     /// Do not probe reachability at start. The probe runs when --forwarding-check is given
     /// (UPnP, NAT-PMP, forwarding check; see `p2p-node reachability`); a node whose port is
     /// proven reachable becomes passive and advertises the router's port.
     #[arg(long)]
     no_reach: bool,
-    /// Address to accept connections on.
+    /// Address to accept connections on (`::`: IPv4 and IPv6 on one port, and the host's
+    /// global IPv6 addresses in the UNL).
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
     /// Port to accept connections on (0: any free port).
@@ -111,11 +124,16 @@ struct RunArgs {
     /// Do not accept connections (implies --node-type active).
     #[arg(long)]
     no_listen: bool,
+    /// auto (the default): the node works it out from what the rendezvous tells it (its
+    /// WAN address, its NAT's mapping) and, with --forwarding-check, from a proven port:
+    /// passive when its port is reachable (no NAT, or a proven forwarded port), simultaneous
+    /// when its NAT's mapping is predictable, active otherwise; the log says what it chose
+    /// and why.
     /// passive: advertise and accept connections (no NAT, or a forwarded port);
     /// simultaneous: behind a NAT with predictable ports (see `nat-type`): keep a
     /// registration with the rendezvous and accept connections by hole punching;
     /// active: only dial out (behind a NAT that maps ports at random).
-    #[arg(long, value_enum, default_value = "passive")]
+    #[arg(long, value_enum, default_value = "auto")]
     node_type: NodeTypeArg,
     /// Inbound connections beyond this are refused.
     #[arg(long, default_value_t = 32)]
@@ -126,9 +144,15 @@ struct RunArgs {
     /// Bootstrap dials until this many outbound connections are open.
     #[arg(long, default_value_t = 8)]
     max_outbound: usize,
-    /// Also connect to this node directly (repeatable).
+    /// Also connect to this node directly (repeatable; encrypted unless --plaintext-dials).
     #[arg(long, value_name = "IP:PORT")]
     connect: Vec<SocketAddr>,
+    /// Dial peers known only by address (bootstrap, --connect) in plain text: for an overlay
+    /// with PyP2P nodes in it. Connections between nodes of this software are encrypted by
+    /// default; connects by UNL follow the UNL (v3 encrypted, v2 plain text), and accepted
+    /// connections are plain or encrypted as the peer begins.
+    #[arg(long)]
+    plaintext_dials: bool,
     /// Read settings from a TOML file first (see node::Config); flags given here override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -138,22 +162,38 @@ struct RunArgs {
     /// Print "connected"/"disconnected" notices on stdout too (as JSON with --json).
     #[arg(long)]
     show_events: bool,
-    /// Write this node's UNL to PATH once it is known (others connect with
+    /// Write this node's UNL (v3, signed) to PATH once it is known (others connect with
     /// `p2p-node connect $(cat PATH)`).
     #[arg(long, value_name = "PATH")]
     unl_file: Option<PathBuf>,
-    /// Reverse-connect requests acted on per minute at most (each makes this node dial the
-    /// address in the request; the sender must own the node id in it).
-    #[arg(long, default_value_t = 16)]
+    /// Also write the UNL in PyP2P's v2 format to PATH (for PyP2P peers: they connect in
+    /// plain text).
+    #[arg(long, value_name = "PATH")]
+    unl_v2_file: Option<PathBuf>,
+    /// Reverse-connect and relay requests acted on per minute at most, in all (each makes
+    /// this node dial; the sender must own the node id in it). One sender gets a burst of a
+    /// fifth of it, then a tenth a minute; a connect's two requests count once.
+    #[arg(long, default_value_t = 120)]
     max_reverse_per_minute: usize,
-    /// Hole-punch challenges answered per minute at most (a simultaneous node dials the
-    /// candidate for each).
-    #[arg(long, default_value_t = 16)]
+    /// Hole-punch challenges answered per minute at most, in all (a simultaneous node dials
+    /// the candidate for each). One candidate IP gets a burst of a fifth of it, then a tenth
+    /// a minute.
+    #[arg(long, default_value_t = 120)]
     max_punch_per_minute: usize,
+    /// Sockets (and SYNs) each side of a birthday punch uses at most: the guesses a node
+    /// behind an easy NAT sends to a peer behind a NAT that maps ports at random, and the
+    /// mappings that peer opens (N = M = 512 meet about 98 % of the time).
+    #[arg(long, default_value_t = node::core::DEFAULT_PUNCH_SOCKETS)]
+    max_punch_sockets: u32,
+    /// Serve this node's counters (connects by method, punches, connections, bytes) as
+    /// Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9470.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum NodeTypeArg {
+    Auto,
     Passive,
     Simultaneous,
     Active,
@@ -192,7 +232,7 @@ fn main() {
     }
 }
 
-fn config_from(args: &RunArgs) -> Result<Config> {
+fn config_from(args: &RunArgs, identity: node::identity::Identity) -> Result<Config> {
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -207,6 +247,7 @@ fn config_from(args: &RunArgs) -> Result<Config> {
     config.port = args.port;
     config.listen = !args.no_listen;
     config.node_type = match (args.node_type, args.no_listen) {
+        (NodeTypeArg::Auto, false) => Role::Auto,
         (NodeTypeArg::Passive, false) => Role::Passive,
         (NodeTypeArg::Simultaneous, false) => Role::Simultaneous,
         _ => Role::Active,
@@ -216,13 +257,18 @@ fn config_from(args: &RunArgs) -> Result<Config> {
     config.max_outbound = args.max_outbound;
     config.max_reverse_per_minute = args.max_reverse_per_minute;
     config.max_punch_per_minute = args.max_punch_per_minute;
+    config.max_punch_sockets = args.max_punch_sockets;
+    config.identity = Some(identity);
+    if args.plaintext_dials {
+        config.plaintext_dials = true;
+    }
     Ok(config)
 }
 
 /// Starts the node of `p2p-node run`: reachability probe, simultaneous registration, UNL
 /// file, advertise, bootstrap, direct connects.
-fn start_node(args: &RunArgs) -> Result<Net> {
-    let config = config_from(args)?;
+fn start_node(args: &RunArgs, identity: node::identity::Identity) -> Result<Net> {
+    let config = config_from(args, identity)?;
     if config.rendezvous.is_empty() && args.connect.is_empty() && config.dht_msg.is_none() {
         bail!(
             "nothing to join: give --rendezvous HOST:PORT, --connect IP:PORT, or --dht-msg \
@@ -230,38 +276,53 @@ fn start_node(args: &RunArgs) -> Result<Net> {
         );
     }
     let has_rendezvous = !config.rendezvous.is_empty();
-    let mut passive = config.node_type == Role::Passive;
     let simultaneous = config.node_type == Role::Simultaneous;
     if simultaneous && !has_rendezvous {
         bail!("--node-type simultaneous needs --rendezvous (it registers there for hole punching)");
     }
-    let probe = !args.no_reach && reach_cmd::ReachFlags::run_probes(&config);
+    let probe = !args.no_reach && flags::ReachFlags::run_probes(&config);
     let mut net = Net::new(config)?;
     net.start()?;
     if probe {
         // Becomes passive (with the router's port) when the port is proven reachable; the
         // probe logs what it found and why.
-        match net.probe_reachability() {
-            Ok(report) => passive |= report.node_type == node::reach::NodeKind::Passive,
-            Err(e) => warn!(error = %e, "reachability probe failed; the node starts anyway"),
+        if let Err(e) = net.probe_reachability() {
+            warn!(error = %e, "reachability probe failed; the node starts anyway");
         }
     }
-    if simultaneous && !passive {
-        // The NAT's mapping decides which ports a punch predicts; then wait for the
-        // registration, which gives the UNL its external port.
+    if simultaneous && net.role() != node::wire::rendezvous::NodeType::Passive {
+        // The NAT's mapping decides which ports a punch predicts (an auto node detects it
+        // by itself).
         match net.detect_nat() {
             Ok(report) => info!(mapping = %report.mapping, "NAT detected"),
             Err(e) => warn!(error = %e, "NAT detection failed; assuming a port-preserving NAT"),
         }
-        if !net.poll_until(Duration::from_secs(5), |n| n.registered())? {
-            warn!("not registered with the rendezvous within 5 s; still trying");
-        }
+    }
+    // Role, registration and mailbox before the UNL is handed out: it must not name an
+    // address or a role the node has not established.
+    let ready = net.wait_ready(READY_LIMIT)?;
+    if ready.pending.is_empty() {
+        info!(
+            role = %ready.role,
+            wan_ip = ?ready.wan_ip,
+            nat = ?ready.nat.map(|m| m.to_string()),
+            "ready"
+        );
+    } else {
+        warn!(
+            role = %ready.role,
+            pending = %ready.pending.join("; "),
+            "not everything was ready within {READY_LIMIT:?}; still trying in the background"
+        );
     }
     if let Some(path) = &args.unl_file {
-        unl_cmd::write_unl_file(path, &net.unl())?;
+        unl_cmd::write_unl_file(path, &net.unl().to_string())?;
+    }
+    if let Some(path) = &args.unl_v2_file {
+        unl_cmd::write_unl_file(path, &net.unl_v2().to_string())?;
     }
     if has_rendezvous {
-        if passive {
+        if net.role() == node::wire::rendezvous::NodeType::Passive {
             net.advertise().context("advertising to the rendezvous")?;
         }
         net.bootstrap()
@@ -274,7 +335,17 @@ fn start_node(args: &RunArgs) -> Result<Net> {
 }
 
 fn run(args: &RunArgs) -> Result<()> {
-    let mut net = start_node(args)?;
+    let _metrics = match args.metrics_listen {
+        Some(addr) => Some(server_kit::metrics::MetricsEndpoint::start(
+            addr,
+            vec![Box::new(|out| node::metrics::global().encode(out))],
+        )?),
+        None => None,
+    };
+    let metrics = node::metrics::global();
+    // Held (locked) until the node stops.
+    let identity = args.identity.claim()?;
+    let mut net = start_node(args, identity.identity.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
     let waker = net.waker();
     {
@@ -311,6 +382,7 @@ fn run(args: &RunArgs) -> Result<()> {
         for con in net.connections() {
             let (id, from) = (con.id(), con.addr());
             for line in con.lines() {
+                metrics.add_received_bytes(line.len() as u64 + 2);
                 let _ = if json {
                     writeln!(
                         out,
@@ -330,6 +402,7 @@ fn run(args: &RunArgs) -> Result<()> {
         }
         let _ = out.flush();
         while let Ok(line) = rx.try_recv() {
+            metrics.add_sent_bytes((line.len() as u64 + 2) * net.connection_count() as u64);
             if let Err(e) = net.broadcast(&line) {
                 warn!(error = %e, "not broadcast");
             }

@@ -1,7 +1,7 @@
-//! `p2p-node unl` and `p2p-node connect`, and the server flags every subcommand shares.
+//! `p2p-node unl` and `p2p-node connect`.
 
 use std::io::{BufRead, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,58 +11,24 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use node::connect::ConnectOutcome;
-use node::unl::Unl;
+use node::connect::{ConnectOutcome, Method, TryResult};
+use node::core::Event;
+use node::wire::unl::v3::AnyUnl;
 use node::{Config, Net};
 use tracing::info;
 
-/// The servers a node talks to. None has a default: nothing is contacted unless named here.
-#[derive(Debug, Args)]
-pub(crate) struct ServerFlags {
-    /// Rendezvous server HOST:PORT; repeat for failover (tried in order).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub(crate) rendezvous: Vec<String>,
-    /// dht-msg mailbox server HOST:PORT: this node registers its mailbox there and acts on
-    /// reverse-connect requests; `connect` posts its own requests there.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub(crate) dht_msg: Option<String>,
-    /// Forwarding-check server URL (http://HOST:PORT): proves a forwarded port and tells the
-    /// WAN address.
-    #[arg(long, value_name = "URL")]
-    pub(crate) forwarding_check: Option<String>,
-    /// NTP server HOST:PORT whose clock times hole punches (both ends should use the same
-    /// one; without it, the system clocks are trusted to agree).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub(crate) ntp: Option<String>,
-    /// This node's WAN address, when known (else: from the forwarding check, else the LAN
-    /// address).
-    #[arg(long, value_name = "IPV4")]
-    pub(crate) wan_ip: Option<Ipv4Addr>,
-}
-
-impl ServerFlags {
-    /// Adds these flags to `config` (flags win over the config file).
-    pub(crate) fn apply(&self, config: &mut Config) {
-        config.rendezvous.extend(self.rendezvous.iter().cloned());
-        if self.dht_msg.is_some() {
-            config.dht_msg.clone_from(&self.dht_msg);
-        }
-        if self.forwarding_check.is_some() {
-            config.forwarding_check.clone_from(&self.forwarding_check);
-        }
-        if self.ntp.is_some() {
-            config.ntp.clone_from(&self.ntp);
-        }
-        if self.wan_ip.is_some() {
-            config.wan_ip = self.wan_ip;
-        }
-    }
-}
+use crate::flags::{IdentityFlags, ReachFlags, ServerFlags};
 
 #[derive(Debug, Args)]
 pub(crate) struct UnlArgs {
     #[command(flatten)]
+    identity: IdentityFlags,
+    #[command(flatten)]
     servers: ServerFlags,
+    /// Print the UNL in PyP2P's v2 format (52 base64 characters; no key: peers connect in
+    /// plain text) instead of v3.
+    #[arg(long)]
+    v2: bool,
     /// Address the node would accept connections on (its LAN address goes in the UNL when
     /// this is a specific address).
     #[arg(long, default_value = "0.0.0.0")]
@@ -78,8 +44,11 @@ pub(crate) struct UnlArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ConnectArgs {
-    /// The UNL of the node to connect to (52 base64 characters).
+    /// The UNL of the node to connect to: v3 (`unl3.…`: encrypted, and the peer must prove
+    /// the key in it) or PyP2P's v2 (52 base64 characters: plain text).
     unl: String,
+    #[command(flatten)]
+    identity: IdentityFlags,
     #[command(flatten)]
     servers: ServerFlags,
     /// Address to accept connections on (a reverse connect dials us here).
@@ -92,13 +61,18 @@ pub(crate) struct ConnectArgs {
     #[arg(long)]
     json: bool,
     /// Give up after this long (e.g. 10s, 500ms).
-    #[arg(long, default_value = "10s", value_parser = node::units::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = node::wire::units::parse_duration)]
     timeout: Duration,
-    /// Print the outcome and exit instead of exchanging lines.
+    /// Print the outcome and exit instead of exchanging lines (a relayed connection whose
+    /// direct tries go on waits for its move to a direct path first, within --timeout).
     #[arg(long)]
     no_stdin: bool,
+    /// Sockets (and SYNs) a birthday punch from behind a NAT that maps ports at random
+    /// opens at most (see `run --help`).
+    #[arg(long, default_value_t = node::core::DEFAULT_PUNCH_SOCKETS)]
+    max_punch_sockets: u32,
     #[command(flatten)]
-    reach: crate::reach_cmd::ReachFlags,
+    reach: ReachFlags,
     /// Do not probe reachability first. By default, with --forwarding-check, the node finds
     /// out whether it can be dialed (UPnP, NAT-PMP, forwarding check) and, when it cannot,
     /// does not ask the peer to dial it back (no reverse connect).
@@ -107,7 +81,7 @@ pub(crate) struct ConnectArgs {
 }
 
 /// Writes `unl` to `path` (through a temporary file, so a reader never sees half of it).
-pub(crate) fn write_unl_file(path: &Path, unl: &Unl) -> Result<()> {
+pub(crate) fn write_unl_file(path: &Path, unl: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{unl}\n"))
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -117,44 +91,72 @@ pub(crate) fn write_unl_file(path: &Path, unl: &Unl) -> Result<()> {
 }
 
 pub(crate) fn unl(args: &UnlArgs) -> Result<()> {
-    let mut config = Config::new().with_bind(args.bind).with_port(args.port);
+    let mut config = Config::new()
+        .with_bind(args.bind)
+        .with_port(args.port)
+        .with_identity(args.identity.load()?);
     args.servers.apply(&mut config);
     let mut net = Net::new(config)?;
     net.start()?;
-    let unl = net.unl();
+    if !net.servers().is_empty() {
+        // The role and the WAN address come from the rendezvous (a simultaneous node's
+        // external port from its registration).
+        net.wait_ready(crate::READY_LIMIT)?;
+    }
+    let v2 = net.unl_v2();
+    let v3 = net.unl();
+    let text = if args.v2 {
+        v2.to_string()
+    } else {
+        v3.to_string()
+    };
     if args.json {
+        let addrs: Vec<String> = v3
+            .body()
+            .addrs
+            .iter()
+            .map(|a| format!("{:?} {}", a.scope, a.addr).to_lowercase())
+            .collect();
         println!(
             "{}",
             serde_json::json!({
-                "unl": unl.to_string(),
-                "node_id": unl.node_id.map(|n| n.to_string()),
-                "node_type": format!("{:?}", unl.node_type).to_lowercase(),
-                "nat_type": format!("{:?}", unl.nat_type).to_lowercase(),
-                "forwarding": format!("{:?}", unl.forwarding).to_lowercase(),
-                "port": unl.port,
-                "wan_ip": unl.wan_ip.to_string(),
-                "lan_ip": unl.lan_ip.to_string(),
+                "unl": text,
+                "unl_v2": v2.to_string(),
+                "key": v3.key().to_string(),
+                "node_id": v3.node_id().to_string(),
+                "node_type": format!("{:?}", v2.node_type).to_lowercase(),
+                "nat_type": format!("{:?}", v2.nat_type).to_lowercase(),
+                "forwarding": format!("{:?}", v2.forwarding).to_lowercase(),
+                "port": v2.port,
+                "wan_ip": v2.wan_ip.to_string(),
+                "lan_ip": v2.lan_ip.to_string(),
+                "addrs": addrs,
+                "seq": v3.body().seq,
             })
         );
     } else {
-        println!("{unl}");
+        println!("{text}");
     }
     Ok(())
 }
 
 pub(crate) fn connect(args: &ConnectArgs) -> Result<()> {
-    let target: Unl = args
+    let target: AnyUnl = args
         .unl
         .trim()
         .parse()
         .with_context(|| format!("not a valid UNL: {:?}", args.unl))?;
-    let mut config = Config::new().with_bind(args.bind).with_port(args.port);
+    // Held (locked) until the node stops.
+    let identity = args.identity.claim()?;
+    let mut config = Config::new()
+        .with_bind(args.bind)
+        .with_port(args.port)
+        .with_identity(identity.identity.clone());
     config.unl_connect_timeout = args.timeout;
+    config.max_punch_sockets = args.max_punch_sockets;
     args.servers.apply(&mut config);
     args.reach.apply(&mut config);
-    let has_mailbox = config.dht_msg.is_some();
-    let has_rendezvous = !config.rendezvous.is_empty();
-    let probe = !args.no_reach && crate::reach_cmd::ReachFlags::run_probes(&config);
+    let probe = !args.no_reach && ReachFlags::run_probes(&config);
     let mut net = Net::new(config)?;
     net.start()?;
     if probe {
@@ -162,25 +164,23 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<()> {
             Ok(report) if report.node_type == node::reach::NodeKind::Passive => {}
             Ok(_) => {
                 info!("this node cannot be dialed: no reverse connect will be asked for");
-                net.set_reachability(node::Role::Active, None);
+                if net.role() == node::wire::rendezvous::NodeType::Passive {
+                    net.set_reachability(node::Role::Auto, None);
+                }
             }
             Err(e) => tracing::warn!(error = %e, "reachability probe failed"),
         }
     }
-    if has_rendezvous && target.node_type == node::unl::NodeType::Simultaneous {
-        // A punch predicts our ports from our NAT's mapping.
-        if let Err(e) = net.detect_nat() {
-            tracing::warn!(error = %e, "NAT detection failed; assuming a port-preserving NAT");
-        }
-    }
-    if has_mailbox {
-        // A reverse connect needs our mailbox registered (the request names us as sender).
-        let ready = net.poll_until(Duration::from_secs(3), |n| n.mailbox_ready())?;
-        if !ready {
-            tracing::warn!(
-                "the mailbox server did not answer within 3 s; reverse connect may fail"
-            );
-        }
+    // Our role (a punch predicts our ports from our NAT's mapping; a registered node punches
+    // from its listening port), our WAN address (our UNL travels in reverse and relay
+    // requests) and our mailbox (the requests name us as sender) before connecting.
+    let ready = net.wait_ready(crate::READY_LIMIT)?;
+    if !ready.pending.is_empty() {
+        tracing::warn!(
+            pending = %ready.pending.join("; "),
+            "not everything was ready within {:?}; connecting anyway",
+            crate::READY_LIMIT
+        );
     }
     let id = net.connect(&target);
     let outcome = net.wait_connect(id)?;
@@ -190,13 +190,52 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<()> {
         std::process::exit(2);
     }
     if args.no_stdin {
+        // A relayed connection whose direct tries go on: wait (at most the connect's
+        // timeout) to report its move to a direct path.
+        if outcome.method == Some(Method::Relay)
+            && outcome.tries.iter().any(|t| t.result == TryResult::Pending)
+        {
+            let limit = args
+                .timeout
+                .saturating_sub(Duration::from_millis(outcome.ms));
+            let _ = net.poll_until(limit, |n| {
+                let events: Vec<Event> = n.events().collect();
+                events.iter().any(|e| print_upgrade(e, args.json))
+            });
+        }
         net.stop();
         return Ok(());
     }
     let conn = outcome
         .conn
         .context("a connected outcome names its connection")?;
-    exchange_lines(&mut net, conn)
+    exchange_lines(&mut net, conn, args.json)
+}
+
+/// Prints a connection's move from the relay to a direct path (one JSON line with --json:
+/// {"upgraded": true, "method", "ms", "peer"}). Returns whether `event` was one.
+fn print_upgrade(event: &Event, json: bool) -> bool {
+    let Event::Upgraded {
+        method, addr, ms, ..
+    } = event
+    else {
+        return false;
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"upgraded": true, "method": method, "ms": ms, "peer": addr.to_string()})
+        )
+    } else {
+        writeln!(
+            out,
+            "moved to a direct path to {addr} by {method} (after {ms:?} ms)"
+        )
+    };
+    let _ = out.flush();
+    true
 }
 
 fn print_outcome(outcome: &ConnectOutcome, json: bool) {
@@ -238,7 +277,7 @@ fn print_outcome(outcome: &ConnectOutcome, json: bool) {
 
 /// Stdin lines to the peer, the peer's lines to stdout, until the connection closes or a
 /// signal arrives.
-fn exchange_lines(net: &mut Net, conn: node::core::ConnId) -> Result<()> {
+fn exchange_lines(net: &mut Net, conn: node::core::ConnId, json: bool) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let waker = net.waker();
     {
@@ -285,7 +324,9 @@ fn exchange_lines(net: &mut Net, conn: node::core::ConnId) -> Result<()> {
             }
         }
         let _ = out.flush();
-        let _ = net.events().count();
+        for event in net.events().collect::<Vec<_>>() {
+            print_upgrade(&event, json);
+        }
         if closed.is_some() || stop.load(Ordering::SeqCst) {
             return ControlFlow::Break(());
         }
