@@ -108,13 +108,7 @@ fn restricted_cone_x_symmetric() {
     easy_hard(PairSpec::new(NatKind::RestrictedCone, NatKind::Symmetric));
 }
 
-/// Known flaky since connections are encrypted (about one full run in three): after the
-/// move to the direct path bob sometimes closes his session as a "duplicate connection",
-/// and the next line is lost. Not understood yet (see the README's known gaps); run it
-/// with `cargo test --test birthday_netns -- --ignored` (`RUST_LOG=node=debug` logs the
-/// duplicate rule's two connections).
 #[test]
-#[ignore = "flaky: an upgraded session is sometimes closed as a duplicate (known bug, README)"]
 fn restricted_cone_x_symmetric_wan() {
     easy_hard(PairSpec::new(NatKind::RestrictedCone, NatKind::Symmetric).internet());
 }

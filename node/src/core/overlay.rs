@@ -214,9 +214,15 @@ impl Core {
         if !self.pending_follows.is_empty() && self.hold_for_follow(conn, line) {
             return LineVerdict::Consumed;
         }
-        if let Some(p) = self.conns.get_mut(&conn) {
-            p.lines_in += 1;
-        }
+        let Some(p) = self.conns.get_mut(&conn) else {
+            // A connection the core closed (a duplicate, a protocol error) whose socket
+            // still had lines read in the same pass: they are not the session's. A
+            // broadcast among them must not count as seen: its copy on the connection
+            // that stays is the one delivered.
+            tracing::debug!(%conn, "line on a closed connection dropped");
+            return LineVerdict::Consumed;
+        };
+        p.lines_in += 1;
         self.process_line(now, conn, line)
     }
 
@@ -307,7 +313,7 @@ impl Core {
             // relayed session may move to (see `switch.rs`), not a duplicate.
         } else if let Some(&other) = self.by_peer.get(&peer)
             && other != conn
-            && (self.switch_role(conn).is_some() || self.switch_role(other).is_some())
+            && self.switch_role(conn).is_some()
         {
             // A path of a session being moved: not a duplicate either.
         } else if let Some(&other) = self.by_peer.get(&peer)
@@ -340,12 +346,13 @@ impl Core {
                 Some(od) if od != direction => dialer(direction) < dialer(od),
                 _ => false,
             };
-            // A session that moved to a direct path is what the application holds: it
-            // stays, whatever else the rule above would keep (both ends keep their session).
-            let keep_new = if self.moved.contains(&other) {
+            // A session that moves or moved to a direct path is what the application holds:
+            // it stays, whatever else the rule above would keep (both ends keep their
+            // session; a second direct connection next to it is the duplicate).
+            let keep_new = if self.is_session_on_the_move(other) {
                 false
             } else {
-                keep_new || self.moved.contains(&conn)
+                keep_new || self.is_session_on_the_move(conn)
             };
             let (loser, winner) = if keep_new {
                 (other, conn)

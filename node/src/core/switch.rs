@@ -131,10 +131,46 @@ impl Core {
             },
         );
         tracing::debug!(%session, %path, addr = %new.addr, "moving the session to a direct path");
-        let _ = now;
         self.out.push_back(Output::SwitchPath { session, path });
         self.spray_done(new.addr.ip());
+        self.close_other_paths(now, session, node);
         true
+    }
+
+    /// Whether `conn` is a session that is moving, or moved, to a direct path.
+    pub(super) fn is_session_on_the_move(&self, conn: ConnId) -> bool {
+        self.moved.contains(&conn) || self.switching.contains_key(&conn)
+    }
+
+    /// The session to `node` moves to a direct path: every other direct connection we
+    /// dialed to that node (a second punch or dial that connected too: the eager dial and a
+    /// birthday burst both reach a cone NAT's port) is a duplicate, closed now. Left open,
+    /// the peer's lines (its broadcasts go to every connection) could arrive on it rather
+    /// than on the session. Connections the peer dialed are the peer's to close: it does
+    /// the same when it moves its side.
+    fn close_other_paths(&mut self, now: Instant, session: ConnId, node: NodeId) {
+        let peer = self.conns.get(&session).and_then(|p| p.id);
+        let mut extra: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(c, p)| {
+                **c != session
+                    && p.direction == crate::core::Direction::Outbound
+                    && (p.node == Some(node) || peer.is_some() && p.id == peer)
+                    && !self.relayed.contains(c)
+                    && self.switch_role(**c).is_none()
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        extra.sort_unstable();
+        for conn in extra {
+            tracing::debug!(%session, %conn, "another direct connection to the peer: closed");
+            self.close(
+                now,
+                conn,
+                &format!("duplicate connection to node {node} (its session moved to another path)"),
+            );
+        }
     }
 
     /// The session a pending new path belongs to.

@@ -145,6 +145,58 @@ fn both_ends_keep_the_same_one_of_two_crossing_connections() {
     assert!(a_closed[0].1.starts_with("duplicate connection"));
 }
 
+/// The driver reads a socket's lines in one pass before it carries out the core's outputs:
+/// lines after the `HELLO` that made a connection a closed duplicate are dropped. A
+/// broadcast among them must not count as seen, or its copy on the connection that stays
+/// would be dropped as a repeat and the line never delivered there.
+#[test]
+fn lines_after_a_duplicate_hello_are_dropped_and_a_broadcast_still_arrives_once() {
+    let now = Instant::now();
+    let mut a = core(1);
+    let peer = PeerId(42);
+    a.handle_open(now, ConnId(1), addr("10.0.0.2:4000"), Direction::Outbound);
+    a.handle_line(now, ConnId(1), &hello(peer));
+    a.handle_open(now, ConnId(2), addr("10.0.0.2:4000"), Direction::Outbound);
+    drain(&mut a);
+    let broadcast = Control::Broadcast {
+        id: wire::overlay::MessageId(7),
+        ttl: 1,
+        payload: "hello everyone".to_owned(),
+    }
+    .to_string();
+    // conn 2: its HELLO (the duplicate: the older outbound one stays), then in the same
+    // read the broadcast.
+    assert_eq!(
+        a.handle_line(now, ConnId(2), &hello(peer)),
+        LineVerdict::Consumed
+    );
+    assert_eq!(
+        a.handle_line(now, ConnId(2), &broadcast),
+        LineVerdict::Consumed
+    );
+    assert_eq!(
+        a.handle_line(now, ConnId(2), "a plain line"),
+        LineVerdict::Consumed
+    );
+    let out = drain(&mut a);
+    assert_eq!(closed(&out).len(), 1, "{out:?}");
+    assert_eq!(closed(&out)[0].0, ConnId(2));
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Deliver { .. })),
+        "{out:?}"
+    );
+    // The same broadcast on the connection that stays: delivered there.
+    a.handle_line(now, ConnId(1), &broadcast);
+    let out = drain(&mut a);
+    assert!(
+        out.contains(&Output::Deliver {
+            conn: ConnId(1),
+            line: "hello everyone".to_owned()
+        }),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn inbound_cap_and_malformed_control_lines_close_only_that_connection() {
     let now = Instant::now();

@@ -399,3 +399,48 @@ fn a_direct_path_that_dies_before_the_move_leaves_the_session_relayed() {
     assert_eq!(h.got(1, RELAYED, "a->b"), numbered("a->b", 0..2));
     assert_eq!(h.got(0, RELAYED, "b->a"), numbered("b->a", 0..1));
 }
+
+/// A second direct connection, dialed by the connect's owner like the path it moves to (the
+/// eager dial and a birthday burst both reach a cone NAT's port), opened before the move or
+/// while it runs: it is closed as a duplicate, each side keeps one connection (the
+/// session), and a broadcast reaches the peer on the session, not on the stray one.
+#[test]
+fn a_second_direct_connection_is_closed_when_the_session_moves() {
+    const SECOND: ConnId = ConnId(3);
+    for seed in 0..40 {
+        let mut h = Harness::new(seed);
+        let second_first = seed % 2 == 0;
+        let mut second = 0;
+        if second_first {
+            h.open(SECOND, addr("192.0.2.2:5001"), addr("198.51.100.3:6001"));
+            second = h.streams.len() - 1;
+        }
+        h.open(DIRECT, addr("192.0.2.2:5000"), addr("198.51.100.3:6000"));
+        for _ in 0..h.rng.random_range(0..6) {
+            h.step();
+        }
+        if !second_first {
+            h.open(SECOND, addr("192.0.2.2:5001"), addr("198.51.100.3:6001"));
+            second = h.streams.len() - 1;
+        }
+        h.settle();
+        for side in 0..2 {
+            assert_eq!(
+                h.sides[side].core.connection_count(),
+                1,
+                "seed {seed}: side {side} kept a second connection"
+            );
+            assert!(!h.sides[side].core.is_relayed(RELAYED), "seed {seed}");
+        }
+        assert!(h.streams[second].closed.iter().all(|c| *c), "seed {seed}");
+        let now = h.now;
+        h.sides[1].core.broadcast(now, "hello from side 1");
+        h.drain(1);
+        h.settle();
+        assert_eq!(
+            h.got(0, RELAYED, "hello from side 1"),
+            vec!["hello from side 1".to_owned()],
+            "seed {seed}"
+        );
+    }
+}
