@@ -19,6 +19,9 @@
 //! order, and the rendezvous' relay session ends afterwards.
 //!
 //! Needs root: skipped with a message without it, unless `CI` is set.
+//!
+//! `BIRTHDAY_DEBUG=1` prints bob's log for every run that stayed relayed (with
+//! `RUST_LOG=info,node=debug` and `-- --nocapture`: why the punch did not win).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -50,7 +53,12 @@ fn easy_hard(spec: PairSpec) {
         );
         match (outcome.method.as_deref(), &upgrade) {
             (Some("relay"), Some(up)) => direct.push((up.method.clone(), up.ms)),
-            (Some("relay"), None) => relayed += 1,
+            (Some("relay"), None) => {
+                relayed += 1;
+                if std::env::var_os("BIRTHDAY_DEBUG").is_some() {
+                    eprintln!("RELAYED RUN {run}\nbob: {}", bob.stderr());
+                }
+            }
             (Some(method), _) => direct.push((method.to_owned(), outcome.us / 1000)),
             (None, _) => unreachable!("connected without a method"),
         }

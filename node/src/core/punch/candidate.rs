@@ -402,7 +402,10 @@ impl Core {
         let before_meeting = p.meeting.is_none_or(|at| now < at);
         let in_fight = p.fight.contains(&addr);
         let eager = p.eager == Some(addr);
-        if eager && (before_meeting || !in_fight) {
+        // A birthday punch's burst goes to the eager dial's address too: while both run, a
+        // failure there is counted as the eager dial's (its fresh SYNs fail on their own,
+        // e.g. when a burst socket took the 4-tuple), the burst's own comes after.
+        if eager && (before_meeting || !in_fight || p.birthday) {
             tracing::debug!(%addr, reason, "punch: the eager dial failed; the meeting decides");
             p.eager = None;
             if !(p.fought && p.pending == 0) {

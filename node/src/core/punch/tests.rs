@@ -619,3 +619,53 @@ fn a_stepping_nat_does_not_guess() {
         Output::Event(Event::Challenge { refused: Some(why), .. }) if why.contains("one mapping per port")
     )));
 }
+
+/// A birthday punch's burst goes to the address the eager dial tries too: the eager dial's
+/// own failure (its fresh SYN can fail while the burst's 512 sockets use that address) must
+/// not end the punch while the burst runs: a burst socket that connects afterwards still
+/// wins the connect.
+#[test]
+fn the_eager_dial_failing_does_not_end_a_running_birthday_burst() {
+    let now = Instant::now();
+    let alice = core(1, Role::Simultaneous);
+    let alice_unl = unl_of(&alice, NodeType::Simultaneous, "192.0.2.1", 4000);
+    let mut bob = bob(now, true);
+    bob.set_nat_mapping(NatMapping::Random);
+    bob.connect_unl(now, alice_unl);
+    let out = drain(&mut bob);
+    let (session, _) = opened(&out);
+    bob.handle_session_open(now, session, addr("192.168.2.2:6000"));
+    drain(&mut bob);
+    bob.handle_session_line(now, 1000.0, session, "REMOTE TCP 31337");
+    drain(&mut bob);
+    bob.handle_session_line(now, 1000.0, session, "FIGHT 192.0.2.1 4000 TCP 1000.030000");
+    drain(&mut bob);
+    let later = now + Duration::from_millis(200);
+    bob.handle_dial_failed(
+        later,
+        addr("192.0.2.1:4000"),
+        "cannot dial from port 6000: Cannot assign requested address (os error 99)",
+    );
+    drain(&mut bob);
+    // A burst socket connects: it is the punch.
+    let conn = ConnId(40);
+    bob.handle_open(later, conn, addr("192.0.2.1:4000"), Direction::Outbound);
+    drain(&mut bob);
+    bob.handle_line(
+        later,
+        conn,
+        &Control::Iam {
+            node: alice.node_id(),
+            nonce: None,
+        }
+        .to_string(),
+    );
+    let outcome = drain(&mut bob).into_iter().find_map(|o| match o {
+        Output::Event(Event::ConnectDone(outcome)) => Some(outcome),
+        _ => None,
+    });
+    let outcome = outcome.expect("the connect ends with the burst's connection");
+    assert!(outcome.connected, "{outcome:?}");
+    assert_eq!(outcome.method, Some(crate::connect::Method::Punch));
+    assert_eq!(outcome.conn, Some(conn));
+}
