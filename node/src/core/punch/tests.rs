@@ -522,25 +522,34 @@ fn a_late_accept_refused_by_the_rendezvous_keeps_the_registration() {
     assert!(alice.registered());
 }
 
-#[test]
-fn a_random_mapping_candidate_asks_for_a_birthday_punch_and_bursts_at_the_meeting() {
-    let now = Instant::now();
+/// alice (simultaneous, `192.0.2.1:4000`) and bob behind a random-mapping NAT who connects
+/// to her: bob's candidacy session is open and told its port. Returns both, the session,
+/// and every output bob produced up to his `CANDIDATE`.
+fn birthday_candidacy(now: Instant) -> (Core, Core, SessionId, Vec<Output>) {
     let alice = core(1, Role::Simultaneous);
     let alice_unl = unl_of(&alice, NodeType::Simultaneous, "192.0.2.1", 4000);
     let mut bob = bob(now, true);
     bob.set_nat_mapping(NatMapping::Random);
     bob.connect_unl(now, alice_unl);
-    let out = drain(&mut bob);
-    // The relay starts at once beside the punch.
-    assert!(out.iter().any(|o| matches!(o, Output::RelayDial { .. })));
+    let mut out = drain(&mut bob);
     let (session, _) = opened(&out);
     bob.handle_session_open(now, session, addr("192.168.2.2:6000"));
-    drain(&mut bob);
+    out.extend(drain(&mut bob));
     bob.handle_session_line(now, 1000.0, session, "REMOTE TCP 31337");
-    // Port 0: "my NAT maps at random, guess".
+    out.extend(drain(&mut bob));
+    (alice, bob, session, out)
+}
+
+#[test]
+fn a_random_mapping_candidate_asks_for_a_birthday_punch_and_bursts_at_the_meeting() {
+    let now = Instant::now();
+    let (_, mut bob, session, out) = birthday_candidacy(now);
+    // The relay starts at once beside the punch.
+    assert!(out.iter().any(|o| matches!(o, Output::RelayDial { .. })));
+    // Its port first, then port 0: "my NAT maps at random, guess".
     assert_eq!(
-        sent(&drain(&mut bob)),
-        vec!["CANDIDATE 192.0.2.1:4000 TCP 0"]
+        sent(&out),
+        vec!["SOURCE TCP", "CANDIDATE 192.0.2.1:4000 TCP 0"]
     );
     bob.handle_session_line(now, 1000.0, session, "FIGHT 192.0.2.1 4000 TCP 1000.030000");
     let out = drain(&mut bob);
@@ -627,17 +636,7 @@ fn a_stepping_nat_does_not_guess() {
 #[test]
 fn the_eager_dial_failing_does_not_end_a_running_birthday_burst() {
     let now = Instant::now();
-    let alice = core(1, Role::Simultaneous);
-    let alice_unl = unl_of(&alice, NodeType::Simultaneous, "192.0.2.1", 4000);
-    let mut bob = bob(now, true);
-    bob.set_nat_mapping(NatMapping::Random);
-    bob.connect_unl(now, alice_unl);
-    let out = drain(&mut bob);
-    let (session, _) = opened(&out);
-    bob.handle_session_open(now, session, addr("192.168.2.2:6000"));
-    drain(&mut bob);
-    bob.handle_session_line(now, 1000.0, session, "REMOTE TCP 31337");
-    drain(&mut bob);
+    let (alice, mut bob, session, _) = birthday_candidacy(now);
     bob.handle_session_line(now, 1000.0, session, "FIGHT 192.0.2.1 4000 TCP 1000.030000");
     drain(&mut bob);
     let later = now + Duration::from_millis(200);
