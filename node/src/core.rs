@@ -185,6 +185,9 @@ pub struct Core {
     /// Sessions that moved off the relay to a direct path (see `switch.rs`): never closed
     /// as a duplicate of another connection to the same peer.
     moved: HashSet<ConnId>,
+    /// Connections a connect reported to the application (its outcome's `conn`): of two
+    /// connections this side dialed to one peer, the duplicate rule keeps the reported one.
+    reported: HashSet<ConnId>,
 }
 
 impl Core {
@@ -255,6 +258,7 @@ impl Core {
             switching: HashMap::new(),
             early_switches: HashSet::new(),
             moved: HashSet::new(),
+            reported: HashSet::new(),
             pending_follows: HashMap::new(),
             sprays: HashMap::new(),
         }

@@ -210,14 +210,16 @@ impl<C: ServerCore> Server<C> {
             }
             self.core.handle_timeout(now);
             self.core.commit()?;
+            // Published before this turn's replies are written: a client that has its answer
+            // finds its request counted in the next scrape.
+            if self.live_wanted.get() {
+                self.live.set(self.core.stats());
+            }
             for id in std::mem::take(&mut self.writable) {
                 self.flush(now, id);
             }
             self.carry_out(now);
             self.lingering.expire(self.poll.registry(), now);
-            if self.live_wanted.get() {
-                self.live.set(self.core.stats());
-            }
         }
         self.stop()
     }

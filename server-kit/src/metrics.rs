@@ -4,7 +4,8 @@
 //! [`MetricsEndpoint`], a tiny HTTP server for `GET /metrics` on its own port.
 //!
 //! The endpoint runs on a helper thread of its own, not in the server's event loop: a scrape
-//! reads the counters the loop published at the end of its last turn ([`crate::LiveStats`]),
+//! reads the counters the loop published in its last turn, after its work and before its
+//! replies are written ([`crate::LiveStats`]: a client that has its answer finds it counted),
 //! so a slow scraper never delays a client, and the loop pays one copy of its counters per
 //! turn. Names follow Prometheus' conventions: `<server>_<what>_<unit>`, counters end in
 //! `_total` (the renderer appends it), labels name the dimension (`reason`, `verb`, `limit`).

@@ -198,6 +198,7 @@ impl Core {
         self.relayed.remove(&conn);
         self.early_switches.remove(&conn);
         self.moved.remove(&conn);
+        self.reported.remove(&conn);
         self.unl_on_closed(now, conn, peer.addr, reason);
         self.after_loss(now);
     }
@@ -344,7 +345,10 @@ impl Core {
             };
             let keep_new = match other_dir {
                 Some(od) if od != direction => dialer(direction) < dialer(od),
-                _ => false,
+                // Both dialed by this side (a connect's dial beside the overlay's to the same
+                // peer): this side alone decides, and keeps what a connect reported to the
+                // application, else the older.
+                _ => self.reported.contains(&conn) && !self.reported.contains(&other),
             };
             // A session that moves or moved to a direct path is what the application holds:
             // it stays, whatever else the rule above would keep (both ends keep their

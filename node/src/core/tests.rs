@@ -612,6 +612,45 @@ mod unl_connect {
         assert_eq!(closed(&drain(&mut alice)).len(), 1);
     }
 
+    /// bob's overlay and his connect both dial alice's address: two connections this side
+    /// dialed to one peer. Whatever order their `HELLO`s come in, the one the connect
+    /// reported to the application stays.
+    #[test]
+    fn of_two_connections_we_dialed_to_one_peer_the_reported_one_stays() {
+        for reported_hello_last in [false, true] {
+            let now = Instant::now();
+            let mut bob = node(1, "192.0.2.1", now);
+            let alice = core(2);
+            let alice_unl = unl_of(&alice, NodeType::Passive, "198.51.100.2", 4000);
+            let target = addr("198.51.100.2:4000");
+            bob.connect_unl(now, alice_unl);
+            drain(&mut bob);
+            // The connect's dial opens first (bound to the connect), then the overlay's.
+            bob.handle_open(now, ConnId(1), target, Direction::Outbound);
+            bob.handle_open(now, ConnId(2), target, Direction::Outbound);
+            drain(&mut bob);
+            bob.handle_line(now, ConnId(1), &iam(&alice, None));
+            let done = outcome(&drain(&mut bob)).expect("an outcome");
+            assert_eq!(done.conn, Some(ConnId(1)));
+            bob.handle_line(now, ConnId(2), &iam(&alice, None));
+            let order = if reported_hello_last {
+                [ConnId(2), ConnId(1)]
+            } else {
+                [ConnId(1), ConnId(2)]
+            };
+            let mut out = Vec::new();
+            for conn in order {
+                bob.handle_line(now, conn, &hello(alice.peer_id()));
+                out.extend(drain(&mut bob));
+            }
+            assert_eq!(
+                closed(&out).iter().map(|c| c.0).collect::<Vec<_>>(),
+                vec![ConnId(2)],
+                "reported HELLO last: {reported_hello_last}"
+            );
+        }
+    }
+
     #[test]
     fn a_dial_that_reaches_another_node_fails_and_reverse_starts_at_once() {
         let now = Instant::now();

@@ -520,6 +520,9 @@ impl Core {
                 tries: a.tries,
             },
         };
+        if let Some(conn) = outcome.conn {
+            self.reported.insert(conn);
+        }
         self.out
             .push_back(Output::Event(Event::ConnectDone(outcome)));
     }

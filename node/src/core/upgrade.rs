@@ -69,6 +69,7 @@ impl Core {
         }
         let target = a.target_text();
         self.conn_attempt.remove(&conn);
+        self.reported.insert(conn);
         tracing::debug!(%id, %conn, "relayed first; the direct tries go on");
         self.out
             .push_back(Output::Event(Event::ConnectDone(ConnectOutcome {
