@@ -75,20 +75,21 @@ impl fmt::Debug for Nonce {
 impl std::str::FromStr for Nonce {
     type Err = ControlError;
 
-    /// Exactly 64 hex digits.
+    /// Exactly 64 lowercase hex digits (the one form it is written in).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bad = ControlError::Malformed {
             kind: "IAM",
-            field: "nonce (64 hex digits)",
+            field: "nonce (64 lowercase hex digits)",
         };
         Ok(Nonce(parse_hex_bytes(text).ok_or(bad)?))
     }
 }
 
-/// `N` bytes from exactly `2 * N` hex digits. (`u8::from_str_radix` alone would also take a
-/// `+` sign in a pair: `+f`.)
+/// `N` bytes from exactly `2 * N` lowercase hex digits, the form we write: one text per value,
+/// so a signed line reads back to the very bytes that were signed. (`u8::from_str_radix`
+/// alone would also take a `+` sign in a pair: `+f`, and upper case.)
 pub(crate) fn parse_hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if text.len() != 2 * N || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let mut out = [0u8; N];
@@ -456,7 +457,12 @@ mod tests {
             (&*format!("P2P/1 IAM {}", "g".repeat(40)), node_field),
             (
                 &*format!("P2P/1 IAM {} abc", "1".repeat(40)),
-                "nonce (64 hex digits)",
+                "nonce (64 lowercase hex digits)",
+            ),
+            (
+                // Upper case would read back as another text than the one signed.
+                &*format!("P2P/1 IAM {} {}", "1".repeat(40), "A".repeat(64)),
+                "nonce (64 lowercase hex digits)",
             ),
             (
                 &*format!("P2P/1 IAM {} {} x", "1".repeat(40), "2".repeat(64)),

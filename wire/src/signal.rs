@@ -314,7 +314,7 @@ impl FromStr for SignedRequest {
         let nonce: Nonce = words
             .next()
             .and_then(|w| w.parse().ok())
-            .ok_or(bad("nonce (64 hex digits)"))?;
+            .ok_or(bad("nonce (64 lowercase hex digits)"))?;
         let kind = if relay_expected {
             let relay = words
                 .next()
@@ -494,7 +494,7 @@ impl FromStr for RegisterChallenge {
         let nonce = words
             .next()
             .and_then(|w| w.parse().ok())
-            .ok_or(bad("nonce (64 hex digits)"))?;
+            .ok_or(bad("nonce (64 lowercase hex digits)"))?;
         if words.next().is_some() {
             return Err(bad("end of line (extra words)"));
         }

@@ -261,7 +261,7 @@ fn malformed_requests_name_the_field() {
         (with(0, "RELAY4"), "REVERSE3 or RELAY3"),
         (with(2, "xyz"), "recipient node id (40 hex digits)"),
         (with(3, "+5"), "timestamp (unix milliseconds)"),
-        (with(4, "00"), "nonce (64 hex digits)"),
+        (with(4, "00"), "nonce (64 lowercase hex digits)"),
         (with(5, "nowhere"), "relay address (ip:port)"),
         (with(6, "short"), "signature (86 base64url characters)"),
         (format!("{text} more"), "end of message (extra words)"),
