@@ -1,6 +1,8 @@
 """PyP2P's README examples (python/examples), run as they are against our real servers."""
 
+import gc
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -9,6 +11,31 @@ import time
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# The fixed ports PyP2P's examples listen on (alice, bob). They lie in the kernel's ephemeral
+# range, so a connection an earlier test left open (a `Net` still referenced from a kept
+# traceback, say) can hold one as its local port: collect such garbage and wait for them.
+EXAMPLE_PORTS = [("127.0.0.1", 44444), ("127.0.0.2", 44445)]
+
+
+def wait_for_example_ports(timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    for addr, port in EXAMPLE_PORTS:
+        while True:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((addr, port))
+                break
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"{addr}:{port}, the examples' port, stays in use: {e}"
+                    ) from None
+                gc.collect()
+                time.sleep(0.1)
+            finally:
+                s.close()
 
 
 class Script:
@@ -60,6 +87,7 @@ class Script:
 
 
 def test_alice_prints_what_bob_sends(rendezvous):
+    wait_for_example_ports()
     alice = Script("alice.py", P2P_RENDEZVOUS=rendezvous.addr)
     bob = None
     try:
@@ -77,6 +105,7 @@ def test_alice_prints_what_bob_sends(rendezvous):
 
 
 def test_direct_connect_by_unl_with_callbacks(dht_msg):
+    wait_for_example_ports()
     script = Script("direct_connect.py", P2P_DHT_MSG=dht_msg.addr)
     try:
         script.wait_for("Alice successfully connected to Bob.")
