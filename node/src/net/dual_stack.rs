@@ -5,9 +5,9 @@
 //! without IPv6 gets `0.0.0.0`. The global, stable addresses of [`crate::ipv6::choose`] go
 //! into the UNL v3 with the listening port.
 //!
-//! `::` is the default bind address. (It was held back while a birthday-punch lab test lost
-//! lines with it: that was a duplicate connection carrying the peer's broadcast, fixed in the
-//! core, see `core/switch.rs`.)
+//! The default bind address `0.0.0.0` stays IPv4 only for now: with `[::]` as the default,
+//! the lab's `birthday_netns::restricted_cone_x_symmetric_wan` lost lines in 3 of 4 runs
+//! (3 of 3 passed without), not explained yet.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
