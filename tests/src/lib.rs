@@ -3,6 +3,7 @@
 
 #![allow(clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod bench_cli;
 pub mod hostile;
 
 use std::net::SocketAddr;

@@ -23,6 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use integration_tests::bench_cli::BenchCli;
 use integration_tests::binary;
 use integration_tests::pairs::percentile;
 use integration_tests::prom::{self, Samples, value};
@@ -397,12 +398,24 @@ fn run_case(o: &Options, kind: Kind, redis: bool) {
     drop(a);
 }
 
+const CLI: BenchCli = BenchCli {
+    name: "capacity-bench",
+    usage: "\
+usage: capacity-bench [--count N] [--per-ip N] [--holders N] [--only CASE]
+       (defaults: --count 19000 --per-ip 100 --holders 2)
+
+Idle clients one rendezvous or dht-msg instance holds, and the server's memory per client,
+embedded and on Redis; clients come from 127.2.x.y (N per address), held by child processes.
+Keep --count under `ulimit -n`. Build first: cargo build --release --workspace",
+};
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("hold") {
         hold(&args[1..]);
         return;
     }
+    let args = CLI.args();
     let mut o = Options {
         count: 19_000,
         per_ip: 100,
@@ -410,19 +423,17 @@ fn main() {
         only: None,
     };
     for pair in args.chunks(2) {
-        let v = pair
-            .get(1)
-            .unwrap_or_else(|| panic!("{} needs a value", pair[0]));
-        let number = || {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{} {v}: not a number", pair[0]))
+        let option = pair[0].as_str();
+        let Some(v) = pair.get(1) else {
+            CLI.fail(&format!("{option} needs a value"));
         };
-        match pair[0].as_str() {
+        let number = || CLI.number(Some(v), option, 0);
+        match option {
             "--count" => o.count = number(),
-            "--per-ip" => o.per_ip = number(),
+            "--per-ip" => o.per_ip = number().max(1),
             "--holders" => o.holders = number().max(1),
             "--only" => o.only = Some(v.clone()),
-            other => panic!("unknown option {other} (--count, --per-ip, --holders, --only)"),
+            other => CLI.fail(&format!("unknown option {other}")),
         }
     }
     println!(

@@ -24,28 +24,40 @@
 
 use std::time::Duration;
 
+use integration_tests::bench_cli::BenchCli;
 use integration_tests::pairs::{PairLab, PairSpec, percentile};
-use netns_sim::{NatKind, sys};
+use netns_sim::NatKind;
+
+const CLI: BenchCli = BenchCli {
+    name: "punch-bench",
+    usage: "\
+usage: punch-bench [RUNS] [wan|lan|both]            the hole-punching matrix (default 20 both)
+       punch-bench birthday [RUNS] [wan|lan|both]   the birthday punch: budgets, then pairs
+
+Connects by UNL in a netns-sim lab (needs root) with default flags; each pair without a WAN
+profile (lan), under the internet profile (wan: 20-60 ms per access link, 3 ms jitter, 1 %
+loss), or both. Build first: cargo build --release --workspace",
+};
 
 fn main() {
-    if !sys::is_root() {
-        eprintln!("punch-bench: needs root (network namespaces)");
-        std::process::exit(1);
-    }
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = CLI.args();
     let birthday = args.first().is_some_and(|a| a == "birthday");
     if birthday {
         args.remove(0);
     }
-    let runs: usize = args
-        .first()
-        .map_or(20, |a| a.parse().expect("RUNS is a number"));
+    let runs: usize = CLI
+        .number(args.first().map(String::as_str), "RUNS", 20)
+        .max(1);
     let profiles: Vec<bool> = match args.get(1).map(String::as_str) {
         Some("wan") => vec![true],
         Some("lan") => vec![false],
         None | Some("both") => vec![false, true],
-        Some(other) => panic!("profile {other:?}: wan, lan or both"),
+        Some(other) => CLI.fail(&format!("profile {other:?}: wan, lan or both")),
     };
+    if let Some(extra) = args.get(2) {
+        CLI.fail(&format!("unexpected argument {extra:?}"));
+    }
+    CLI.require_root();
     if birthday {
         birthday_bench(runs, &profiles);
     } else {

@@ -15,9 +15,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use integration_tests::bench_cli::BenchCli;
 use integration_tests::binary;
 use integration_tests::pairs::percentile;
-use netns_sim::{Lab, LabChild, MappingProtocols, NatKind, Topology, TwoNats, sys};
+use netns_sim::{Lab, LabChild, MappingProtocols, NatKind, Topology, TwoNats};
 use serde_json::Value;
 
 /// A scenario: what miniupnpd answers, the node's flags, the protocol expected to win.
@@ -125,14 +126,24 @@ fn stats(label: &str, mut v: Vec<u64>) -> String {
     )
 }
 
+const CLI: BenchCli = BenchCli {
+    name: "reach-bench",
+    usage: "\
+usage: reach-bench [RUNS]   (default 10)
+
+Time to a proven port mapping, by protocol (PCP, UPnP, NAT-PMP), on a real miniupnpd in a
+netns-sim lab (needs root). Build first: cargo build --release --workspace",
+};
+
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map_or(10, |a| a.parse().expect("RUNS is a number"));
-    if !sys::is_root() {
-        eprintln!("reach-bench needs root (network namespaces)");
-        std::process::exit(2);
+    let args = CLI.args();
+    let runs: usize = CLI
+        .number(args.first().map(String::as_str), "RUNS", 10)
+        .max(1);
+    if let Some(extra) = args.get(1) {
+        CLI.fail(&format!("unexpected argument {extra:?}"));
     }
+    CLI.require_root();
     for s in &SCENARIOS {
         let lab = Lab::up(&Topology::two_nats(TwoNats {
             a: NatKind::PortRestricted,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use integration_tests::bench_cli::BenchCli;
 use integration_tests::hostile::connect_from;
 use integration_tests::redis::{CommandCounts, RedisServer};
 
@@ -29,6 +30,17 @@ const CLIENTS: usize = 16;
 const REGISTERED: usize = 50;
 /// The modes, by number of instances on one Redis (0: embedded, no backend).
 const MODES: &str = "0,1,2,3";
+
+const CLI: BenchCli = BenchCli {
+    name: "scale-bench",
+    usage: "\
+usage: scale-bench [SECONDS per case] [ROUNDS] [MODES]   (default 3 1 0,1,2,3)
+
+Requests/s of the rendezvous (BOOTSTRAP 20) and of dht-msg (PUT -> pushed MSG -> ACK) for the
+embedded mode (0) and for N instances on one redis-server (MODES: instance counts), measured
+in the same run; ratios are to the first mode. Needs redis-server (scripts/install-deps.sh).
+Build first: cargo build --release --workspace; RUST_LOG=warn keeps the servers' logs short",
+};
 
 fn rendezvous(backend: Option<&str>) -> rendezvous::RunningServer {
     let config = rendezvous::Config {
@@ -316,15 +328,18 @@ fn loadavg() -> String {
 fn main() {
     // The servers' own logs (RUST_LOG=warn keeps only what went wrong).
     server_kit::init_logging();
-    let mut args = std::env::args().skip(1);
-    let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3.0);
-    let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
-    let modes: Vec<usize> = args
-        .next()
-        .unwrap_or_else(|| MODES.to_owned())
+    let args = CLI.args();
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    let secs: f64 = CLI.number(arg(0), "seconds per case", 3.0);
+    let rounds: usize = CLI.number(arg(1), "rounds", 1).max(1);
+    let modes: Vec<usize> = arg(2)
+        .unwrap_or(MODES)
         .split(',')
-        .map(|m| m.parse().expect("modes: instance counts such as 0,1,2,3"))
+        .map(|m| CLI.number(Some(m), "modes (instance counts such as 0,1,2,3)", 0))
         .collect();
+    if let Some(extra) = arg(3) {
+        CLI.fail(&format!("unexpected argument {extra:?}"));
+    }
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     println!(
         "scale-bench: {CLIENTS} clients, {secs} s per case, {rounds} round(s), {cores} cores, \

@@ -13,9 +13,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use integration_tests::bench_cli::BenchCli;
 use integration_tests::binary;
 use integration_tests::pairs::percentile;
-use netns_sim::{Lab, NatKind, Topology, TwoNats, sys};
+use netns_sim::{Lab, NatKind, Topology, TwoNats};
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -67,14 +68,24 @@ fn connect_once(
     us
 }
 
+const CLI: BenchCli = BenchCli {
+    name: "unl-connect-bench",
+    usage: "\
+usage: unl-connect-bench [RUNS]   (default 20)
+
+Time from connect() to an established connection, by method (LAN, direct, reverse), in a
+netns-sim lab (needs root). Build first: cargo build --release --workspace",
+};
+
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map_or(20, |a| a.parse().expect("RUNS is a number"));
-    if !sys::is_root() {
-        eprintln!("unl-connect-bench needs root (network namespaces)");
-        std::process::exit(2);
+    let args = CLI.args();
+    let runs: usize = CLI
+        .number(args.first().map(String::as_str), "RUNS", 20)
+        .max(1);
+    if let Some(extra) = args.get(1) {
+        CLI.fail(&format!("unexpected argument {extra:?}"));
     }
+    CLI.require_root();
     let lab = Lab::up(&Topology::two_nats(TwoNats {
         a: NatKind::None,
         b: NatKind::PortRestricted,
