@@ -180,24 +180,37 @@ impl LineLink {
 ///
 /// With port 0 the port is first found with a plain bind (which only succeeds on a port nobody
 /// holds) and then rebound with reuse: binding port 0 with `SO_REUSEPORT` directly could hand
-/// out a port another reusing socket of this user already holds.
+/// out a port another reusing socket of this user already holds. Between the two binds another
+/// socket can take the port (an outgoing connection's ephemeral port): then a fresh port is
+/// found, a few times.
 pub(super) fn bind_reusable(ip: IpAddr, port: u16) -> io::Result<Socket> {
-    let port = if port == 0 {
+    if port != 0 {
+        return bind_reusable_on(SocketAddr::new(ip, port));
+    }
+    let mut tries = 0;
+    loop {
         let probe = Socket::new(
             Domain::for_address(SocketAddr::new(ip, 0)),
             Type::STREAM,
             None,
         )?;
         probe.bind(&SocketAddr::new(ip, 0).into())?;
-        probe
+        let found = probe
             .local_addr()?
             .as_socket()
             .map(|a| a.port())
-            .ok_or_else(|| io::Error::other("no port"))?
-    } else {
-        port
-    };
-    let addr = SocketAddr::new(ip, port);
+            .ok_or_else(|| io::Error::other("no port"))?;
+        drop(probe);
+        match bind_reusable_on(SocketAddr::new(ip, found)) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 8 => tries += 1,
+            result => return result,
+        }
+    }
+}
+
+/// [`bind_reusable`] on a given port.
+fn bind_reusable_on(addr: SocketAddr) -> io::Result<Socket> {
+    let ip = addr.ip();
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
