@@ -28,7 +28,7 @@ pub use server_kit::{ConnId, Refusal};
 use tracing::debug;
 use wire::http::{self, Sniff};
 use wire::line::LineFramer;
-use wire::mailbox::{Delivery, MessageId, NodeId, Reply};
+use wire::mailbox::{NodeId, Reply};
 use wire::signal::RegisterChallenge;
 
 use crate::config::Config;
@@ -138,77 +138,6 @@ struct Subscription {
     pushed: BTreeSet<u64>,
     /// Pushing stopped at the high-water mark; it resumes as the client reads.
     paused: bool,
-}
-
-#[derive(Debug)]
-struct Mailbox {
-    owner: Owner,
-    /// Ids of its pending messages, oldest first.
-    messages: BTreeSet<u64>,
-    bytes: usize,
-    subscriber: Option<ConnId>,
-    waiters: Vec<ConnId>,
-    last_seen: Instant,
-    persisted_seen: Instant,
-    network_id: String,
-    ip: Option<IpAddr>,
-    port: u16,
-}
-
-impl Mailbox {
-    /// A mailbox without messages, subscriber or waiters, last seen at `last_seen`.
-    fn new(
-        owner: Owner,
-        network_id: String,
-        ip: Option<IpAddr>,
-        port: u16,
-        last_seen: Instant,
-    ) -> Mailbox {
-        Mailbox {
-            owner,
-            messages: BTreeSet::new(),
-            bytes: 0,
-            subscriber: None,
-            waiters: Vec::new(),
-            last_seen,
-            persisted_seen: last_seen,
-            network_id,
-            ip,
-            port,
-        }
-    }
-
-    /// A stored mailbox, seen `seen_ms_ago` before `now`.
-    fn from_record(record: MailboxRecord, now: Instant, seen_ms_ago: u64) -> Mailbox {
-        let last_seen = now
-            .checked_sub(Duration::from_millis(seen_ms_ago))
-            .unwrap_or(now);
-        Mailbox::new(
-            record.owner,
-            record.network_id,
-            record.ip,
-            record.port,
-            last_seen,
-        )
-    }
-}
-
-#[derive(Debug)]
-struct Message {
-    to: NodeId,
-    from: Option<NodeId>,
-    body: Box<str>,
-    expires_at: Instant,
-}
-
-impl Message {
-    fn delivery(&self, id: u64) -> Delivery {
-        Delivery {
-            id: MessageId(id),
-            from: self.from.clone(),
-            body: self.body.to_string(),
-        }
-    }
 }
 
 /// The mailbox server's state machine. See the module docs for the driving contract.
@@ -610,6 +539,8 @@ impl Core {
 mod http_api;
 mod keys;
 mod line;
+mod mailbox;
+use mailbox::{Mailbox, Message};
 mod rate;
 mod records;
 mod remote;

@@ -5,6 +5,7 @@ use super::*;
 use proptest::prelude::*;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
+use wire::mailbox::MessageId;
 
 pub(super) struct Harness {
     core: Core,
