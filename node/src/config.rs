@@ -171,6 +171,9 @@ pub struct Config {
     /// behind a NAT that maps ports at random, towards a NAT that keeps one mapping per port.
     /// N = M = 512 meet about 98 % of the time; the sockets are held a few seconds at most.
     pub max_punch_sockets: u32,
+    /// A connection that opened on the relay and whose punch failed tries the punch again
+    /// this many times at most (default 4: after 1 s, 4 s, 16 s and 64 s); 0: never again.
+    pub upgrade_retries: u32,
     /// How often idle long-lived connections show the NATs on their path that they are alive
     /// (default 30 s): the simultaneous registration and the mailbox connection send a
     /// request, peer connections TCP keep-alive probes. Keep it below the shortest TCP
@@ -222,6 +225,7 @@ impl Default for Config {
             max_punch_per_minute: 120,
             keepalive: crate::core::DEFAULT_KEEPALIVE,
             max_punch_sockets: crate::core::DEFAULT_PUNCH_SOCKETS,
+            upgrade_retries: crate::core::CoreConfig::default().upgrade_retries,
             wan_ip: None,
         }
     }

@@ -72,14 +72,14 @@ mod unl_connect;
 mod upgrade;
 
 pub use crate::ids::{ConnId, QueryId, RelayId, SessionId};
-pub use config::{CoreConfig, DEFAULT_KEEPALIVE, DEFAULT_PUNCH_SOCKETS};
+pub use config::{CoreConfig, DEFAULT_KEEPALIVE, DEFAULT_PUNCH_SOCKETS, UPGRADE_RETRY_FIRST};
 pub use output::{Direction, Event, Job, LineVerdict, Output, QueryReply, RequestCheck, Security};
 
 use crate::ids::ConnectId;
 use limits::Budget;
 use state::{
     Attempt, AutoRole, MailboxClient, Peer, PendingQuery, Registration, RelayRole, ReverseDial,
-    Schedule, SessionRole, Switching,
+    Schedule, SessionRole, Switching, UpgradeRetry,
 };
 
 /// How far a signed request's time may be from ours (either way).
@@ -175,6 +175,9 @@ pub struct Core {
     relayed: HashSet<ConnId>,
     /// Sessions moving to another path, by the session's id (see `switch.rs`).
     switching: HashMap<ConnId, Switching>,
+    /// Relayed sessions whose move to a direct path is tried again, by the session's id
+    /// (see `upgrade.rs`).
+    upgrade_retries: HashMap<ConnId, UpgradeRetry>,
     /// Birthday sprays running, by the candidate's IP, until when (see `punch/birthday.rs`).
     sprays: HashMap<std::net::IpAddr, Instant>,
     /// Direct paths whose peer sent `SWITCH` before their relayed session was proven here:
@@ -256,6 +259,7 @@ impl Core {
             next_relay: 0,
             relayed: HashSet::new(),
             switching: HashMap::new(),
+            upgrade_retries: HashMap::new(),
             early_switches: HashSet::new(),
             moved: HashSet::new(),
             reported: HashSet::new(),

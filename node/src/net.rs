@@ -582,6 +582,7 @@ fn core_config(config: &Config, servers: &[SocketAddr]) -> CoreConfig {
         max_punch_per_minute: config.max_punch_per_minute,
         keepalive: config.keepalive,
         max_punch_sockets: config.max_punch_sockets,
+        upgrade_retries: config.upgrade_retries,
         plaintext_dials: config.plaintext_dials,
         ..CoreConfig::default()
     }

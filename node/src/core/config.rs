@@ -12,6 +12,10 @@ pub const DEFAULT_PUNCH_SOCKETS: u32 = 512;
 /// The default of [`CoreConfig::keepalive`] (and of the node's `--keepalive`).
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// The wait before the first try again to move a relayed connection to a direct path (see
+/// [`CoreConfig::upgrade_retries`]).
+pub const UPGRADE_RETRY_FIRST: Duration = Duration::from_secs(1);
+
 /// Settings of the core (the driver's [`crate::Config`] fills them in).
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -72,6 +76,11 @@ pub struct CoreConfig {
     /// Sockets (and SYNs) each side of a birthday punch uses at most: the easy side's
     /// guesses, the hard side's mappings (see `core/punch/birthday.rs`).
     pub max_punch_sockets: u32,
+    /// A relayed connection whose direct tries all failed tries the punch again this many
+    /// times at most, after [`UPGRADE_RETRY_FIRST`], then 4× longer each time (1 s, 4 s, 16 s,
+    /// 64 s by default): a birthday punch misses about one time in fifty, and a lost packet
+    /// can end any punch. 0: a relayed connection stays relayed after its first tries.
+    pub upgrade_retries: u32,
     /// How often an idle long-lived connection shows the NATs on its path that it is alive:
     /// the simultaneous registration and the mailbox connection send a request, peer
     /// connections TCP keep-alive probes (set by the driver). Below the shortest mapping
@@ -106,6 +115,7 @@ impl Default for CoreConfig {
             punch_timeout: Duration::from_secs(3),
             keepalive: DEFAULT_KEEPALIVE,
             max_punch_sockets: DEFAULT_PUNCH_SOCKETS,
+            upgrade_retries: 4,
         }
     }
 }

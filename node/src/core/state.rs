@@ -90,9 +90,39 @@ pub(super) struct Attempt {
     pub(super) relay_at: Option<Instant>,
     /// The relayed connection being opened.
     pub(super) relay: Option<RelayId>,
+    /// 0 for a connect the application asked for; n for the n-th try again to move a relayed
+    /// session to a direct path (see `upgrade.rs`).
+    pub(super) retry: u32,
 }
 
 impl Attempt {
+    /// A connect to `target` that starts at `now`, with nothing planned yet.
+    pub(super) fn new(
+        target: Unl,
+        signed: Option<wire::unl::v3::UnlV3>,
+        now: Instant,
+        deadline: Instant,
+        nonce: Nonce,
+    ) -> Self {
+        Attempt {
+            target,
+            signed,
+            started: now,
+            deadline,
+            nonce,
+            tries: Vec::new(),
+            reverse_at: None,
+            reverse_deadline: None,
+            punch_now: false,
+            session: None,
+            punch: None,
+            relay_planned: false,
+            relay_at: None,
+            relay: None,
+            retry: 0,
+        }
+    }
+
     /// The key the connection must prove (the target's, from its v3 UNL).
     pub(super) fn key(&self) -> Option<PublicKey> {
         self.signed.as_ref().map(|u| *u.key())
@@ -104,6 +134,16 @@ impl Attempt {
             .as_ref()
             .map_or_else(|| self.target.to_string(), ToString::to_string)
     }
+}
+
+/// A relayed session whose move to a direct path is tried again at `at` (see `upgrade.rs`).
+#[derive(Debug)]
+pub(super) struct UpgradeRetry {
+    pub(super) at: Instant,
+    pub(super) target: Unl,
+    pub(super) signed: Option<wire::unl::v3::UnlV3>,
+    /// Which try again this is (1, 2, ...).
+    pub(super) retry: u32,
 }
 
 /// Which end of a relayed connection we are.

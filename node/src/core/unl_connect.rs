@@ -83,22 +83,8 @@ impl Core {
         let id = ConnectId(self.next_attempt);
         self.next_attempt += 1;
         let nonce = Nonce(self.rng.random());
-        let mut attempt = Attempt {
-            target,
-            signed,
-            started: now,
-            deadline: now + self.config.unl_connect_timeout,
-            nonce,
-            tries: Vec::new(),
-            reverse_at: None,
-            reverse_deadline: None,
-            punch: None,
-            punch_now: false,
-            session: None,
-            relay_planned: false,
-            relay_at: None,
-            relay: None,
-        };
+        let deadline = now + self.config.unl_connect_timeout;
+        let mut attempt = Attempt::new(target, signed, now, deadline, nonce);
         if target.node_id == Some(self.node_id) {
             self.attempts.insert(id, attempt);
             self.finish(now, id, Err("that is this node's own UNL".to_owned()));
@@ -324,12 +310,14 @@ impl Core {
                 [Some(a.deadline), a.reverse_at, a.reverse_deadline, relay_at]
             })
             .flatten()
+            .chain(self.upgrade_retries.values().map(|r| r.at))
             .min()
     }
 
     /// Runs due connect timers: the second wave, the relay, the reverse try's and the
-    /// connect's deadlines.
+    /// connect's deadlines, and relayed sessions' upgrades tried again.
     pub(super) fn connect_timers(&mut self, now: Instant) {
+        self.upgrade_retry_timers(now);
         let due: Vec<ConnectId> = self
             .attempts
             .iter()

@@ -6,13 +6,24 @@
 //! A connect in that state keeps its [`Attempt`](super::state::Attempt) with `session` set;
 //! its deadline stays the connect's. When every remaining try has failed (or the deadline
 //! passes) it ends quietly: the connection stays relayed, and the log says why.
+//!
+//! A punch that was tried and failed is tried again on the live session (a birthday punch
+//! misses about one time in fifty; a lost packet can end any punch): up to
+//! [`CoreConfig::upgrade_retries`](super::CoreConfig::upgrade_retries) times, after 1 s,
+//! then 4× longer each time. Each try again is a connect of its own with only the punch in
+//! it and `session` set, so it ends here like the first.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use rand::Rng;
+use wire::overlay::Nonce;
+
+use super::config::UPGRADE_RETRY_FIRST;
 use super::output::{Event, Output};
+use super::state::{Attempt, UpgradeRetry};
 use super::{Core, millis};
-use crate::connect::{ConnectOutcome, Method, TryResult};
+use crate::connect::{ConnectOutcome, Method, Try, TryResult};
 use crate::ids::{ConnId, ConnectId};
 
 impl Core {
@@ -119,8 +130,69 @@ impl Core {
                 }
             }
             Err(why) => {
-                tracing::info!(%id, conn = %session, why, "the connection stays relayed");
+                let punched = a
+                    .tries
+                    .iter()
+                    .any(|t| t.method == Method::Punch && t.started_ms.is_some());
+                let retry = a.retry + 1;
+                if !punched || retry > self.config.upgrade_retries {
+                    tracing::info!(%id, conn = %session, why, "the connection stays relayed");
+                    return;
+                }
+                let wait = UPGRADE_RETRY_FIRST * 4u32.saturating_pow(retry - 1);
+                tracing::info!(%id, conn = %session, why, retry, ?wait,
+                    "the connection stays relayed for now; the punch is tried again");
+                self.upgrade_retries.insert(
+                    session,
+                    UpgradeRetry {
+                        at: now + wait,
+                        target: a.target,
+                        signed: a.signed,
+                        retry,
+                    },
+                );
             }
+        }
+    }
+
+    /// Starts the upgrades tried again that are due, on sessions that are still relayed
+    /// (one that closed or moved meanwhile needs none).
+    pub(super) fn upgrade_retry_timers(&mut self, now: Instant) {
+        let due: Vec<ConnId> = self
+            .upgrade_retries
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for session in due {
+            let Some(r) = self.upgrade_retries.remove(&session) else {
+                continue;
+            };
+            let live = self.conns.contains_key(&session)
+                && self.relayed.contains(&session)
+                && !self.switching.contains_key(&session);
+            if !live || self.punch_blocker(&r.target).is_some() {
+                continue;
+            }
+            let id = ConnectId(self.next_attempt);
+            self.next_attempt += 1;
+            let nonce = Nonce(self.rng.random());
+            let deadline = now + self.config.unl_connect_timeout;
+            let mut a = Attempt::new(r.target, r.signed, now, deadline, nonce);
+            a.session = Some(session);
+            a.retry = r.retry;
+            a.punch_now = true;
+            a.tries.push(Try {
+                method: Method::Punch,
+                addr: None,
+                started_ms: None,
+                ended_ms: None,
+                result: TryResult::Pending,
+            });
+            tracing::info!(%id, conn = %session, retry = r.retry,
+                "moving the relayed connection to a direct path: punching again");
+            self.attempts.insert(id, a);
+            self.start_punch(now, id);
         }
     }
 

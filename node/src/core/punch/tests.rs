@@ -668,3 +668,101 @@ fn the_eager_dial_failing_does_not_end_a_running_birthday_burst() {
     assert_eq!(outcome.method, Some(crate::connect::Method::Punch));
     assert_eq!(outcome.conn, Some(conn));
 }
+
+/// The relay wins while the punch runs; the punch then misses: the connection stays on the
+/// relay and the punch is tried again on it, after 1 s, 4 s, 16 s and 64 s, each a candidacy
+/// of its own that ends quietly (no second outcome); then never again. A session that closed
+/// meanwhile is not punched for.
+#[test]
+fn a_relayed_connection_whose_punch_missed_punches_again_with_backoff() {
+    fn relay_wins(bob: &mut Core, alice: &Core, now: Instant) -> (ConnId, Instant) {
+        let alice_unl = unl_of(alice, NodeType::Simultaneous, "192.0.2.1", 4000);
+        let id = bob.connect_unl(now, alice_unl);
+        let (session, _) = opened(&drain(bob));
+        bob.handle_session_open(now, session, addr("192.168.2.2:6000"));
+        bob.handle_session_line(now, 1000.0, session, "REMOTE TCP 31337");
+        bob.handle_session_line(now, 1000.0, session, "PREDICTION SET");
+        drain(bob);
+        let t = now + Duration::from_millis(1400);
+        bob.handle_timeout(t);
+        let out = drain(bob);
+        let relay = out
+            .iter()
+            .find_map(|o| match o {
+                Output::RelayDial { relay, .. } => Some(*relay),
+                _ => None,
+            })
+            .expect("a relay dial");
+        let body = out
+            .iter()
+            .find_map(|o| match o {
+                Output::MailboxSend { line } if line.starts_with("PUT ") => {
+                    Some(line.splitn(3, ' ').nth(2).unwrap().to_owned())
+                }
+                _ => None,
+            })
+            .unwrap();
+        let request: RelayRequest = body.parse().unwrap();
+        assert!(bob.handle_relay_open(t, relay, ConnId(9), addr(RENDEZVOUS), None));
+        drain(bob);
+        let iam = Control::Iam {
+            node: alice.node_id(),
+            nonce: Some(request.nonce),
+        };
+        bob.handle_line(t, ConnId(9), &iam.to_string());
+        let done = outcome(&drain(bob)).expect("the relay's outcome");
+        assert_eq!((done.id, done.method), (id, Some(Method::Relay)));
+        // The punch misses (no FIGHT by its deadline): no second outcome.
+        let missed = now + Duration::from_secs(3);
+        bob.handle_timeout(missed);
+        assert!(outcome(&drain(bob)).is_none());
+        assert!(bob.is_relayed(ConnId(9)));
+        (ConnId(9), missed)
+    }
+
+    let now = Instant::now();
+    let alice = core(1, Role::Simultaneous);
+    let mut bob = bob(now, true);
+    let (_, mut missed) = relay_wins(&mut bob, &alice, now);
+    for (retry, wait) in [1, 4, 16, 64].into_iter().enumerate() {
+        let at = missed + Duration::from_secs(wait);
+        bob.handle_timeout(at - Duration::from_millis(1));
+        assert!(
+            !drain(&mut bob)
+                .iter()
+                .any(|o| matches!(o, Output::SessionOpen { .. })),
+            "retry {retry}: not before {wait} s"
+        );
+        bob.handle_timeout(at);
+        let out = drain(&mut bob);
+        let (session, _) = opened(&out);
+        bob.handle_session_open(at, session, addr("192.168.2.2:6001"));
+        bob.handle_session_line(at, 1000.0, session, "REMOTE TCP 31338");
+        bob.handle_session_line(at, 1000.0, session, "PREDICTION SET");
+        drain(&mut bob);
+        missed = at + Duration::from_secs(3);
+        bob.handle_timeout(missed);
+        assert!(outcome(&drain(&mut bob)).is_none(), "retry {retry}");
+        assert!(bob.is_relayed(ConnId(9)));
+    }
+    bob.handle_timeout(missed + Duration::from_secs(600));
+    assert!(
+        !drain(&mut bob)
+            .iter()
+            .any(|o| matches!(o, Output::SessionOpen { .. })),
+        "four tries again at most"
+    );
+
+    // A relayed connection that closes before its retry is not punched for.
+    let now = missed + Duration::from_secs(700);
+    let mut bob2 = self::bob(now, true);
+    let (conn, missed) = relay_wins(&mut bob2, &alice, now);
+    bob2.handle_closed(missed, conn, "the application closed it");
+    drain(&mut bob2);
+    bob2.handle_timeout(missed + Duration::from_secs(1));
+    assert!(
+        !drain(&mut bob2)
+            .iter()
+            .any(|o| matches!(o, Output::SessionOpen { .. }))
+    );
+}
