@@ -433,12 +433,14 @@ fn forged_fight_challenge_and_accept_reach_nobody() {
         .stream()
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let t = unix_now();
-    node.send(&format!("ACCEPT 127.0.0.4 6000 TCP {t:.3}"))
+    let t = format!("{:.3}", unix_now());
+    node.send(&format!("ACCEPT 127.0.0.4 6000 TCP {t}"))
         .unwrap();
+    // The server writes the time in its shortest form ("…095.300" comes back as "…095.3").
+    let t = wire::rendezvous::NtpTime::new(t.parse().unwrap()).unwrap();
     assert_eq!(
         candidate.recv().unwrap(),
-        format!("FIGHT 127.0.0.2 6000 TCP {t:.3}")
+        format!("FIGHT 127.0.0.2 6000 TCP {t}")
     );
     report(
         "rendezvous",

@@ -105,9 +105,10 @@ fn a_candidate_on_one_instance_reaches_the_node_on_another_and_the_fight_comes_b
     });
     assert_eq!(answer, "PREDICTION SET");
     assert_eq!(node.recv(), "CHALLENGE 127.0.0.52 6000 6001 TCP");
-    let t = now_unix();
-    node.send(&format!("ACCEPT 127.0.0.52 5000 TCP {t:.3}"));
-    assert_eq!(cand.recv(), format!("FIGHT 127.0.0.51 5000 TCP {t:.3}"));
+    // In the shortest form, as the server writes it back.
+    let t = wire::rendezvous::NtpTime::new((now_unix() * 1000.0).round() / 1000.0).unwrap();
+    node.send(&format!("ACCEPT 127.0.0.52 5000 TCP {t}"));
+    assert_eq!(cand.recv(), format!("FIGHT 127.0.0.51 5000 TCP {t}"));
     // A refusal travels back too: the node's instance allows one candidacy per IP... and
     // names what is wrong when the node is gone.
     assert!(
@@ -284,9 +285,10 @@ fn a_node_whose_instance_dies_registers_on_another_and_is_reachable_again() {
         "PREDICTION SET"
     );
     assert_eq!(node.recv(), "CHALLENGE 127.0.0.82 7001 TCP");
-    let t = now_unix();
-    node.send(&format!("ACCEPT 127.0.0.82 5000 TCP {t:.3}"));
-    assert_eq!(cand.recv(), format!("FIGHT 127.0.0.81 5000 TCP {t:.3}"));
+    // In the shortest form, as the server writes it back.
+    let t = wire::rendezvous::NtpTime::new((now_unix() * 1000.0).round() / 1000.0).unwrap();
+    node.send(&format!("ACCEPT 127.0.0.82 5000 TCP {t}"));
+    assert_eq!(cand.recv(), format!("FIGHT 127.0.0.81 5000 TCP {t}"));
 }
 
 #[test]
