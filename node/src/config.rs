@@ -19,7 +19,7 @@
 //! assert_eq!(config.rendezvous.len(), 2);
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -55,9 +55,9 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to accept connections on (default `0.0.0.0`: IPv4). `::` listens dual stack:
-    /// IPv4 and IPv6 on one port (IPv4 only on a host without IPv6), and the UNL v3 lists the
-    /// host's global IPv6 addresses.
+    /// Address to accept connections on (default `::`: dual stack, IPv4 and IPv6 on one port,
+    /// IPv4 only on a host without IPv6; the UNL v3 lists the host's global IPv6 addresses).
+    /// `0.0.0.0` keeps to IPv4.
     pub bind: IpAddr,
     /// Port to accept connections on (default 0: any free port).
     pub port: u16,
@@ -188,7 +188,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             port: 0,
             listen: true,
             rendezvous: Vec::new(),

@@ -51,7 +51,7 @@ pub enum NetKind {
 /// The keyword arguments of `Net(...)` that map to node settings.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Options {
-    /// `passive_bind`: the address to accept connections on (default `0.0.0.0`).
+    /// `passive_bind`: the address to accept connections on (default `::`: IPv4 and IPv6).
     pub passive_bind: Option<String>,
     /// `passive_port`: the port to accept connections on (default 0: any).
     pub passive_port: u16,

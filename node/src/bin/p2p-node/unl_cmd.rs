@@ -30,8 +30,8 @@ pub(crate) struct UnlArgs {
     #[arg(long)]
     v2: bool,
     /// Address the node would accept connections on (its LAN address goes in the UNL when
-    /// this is a specific address).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// this is a specific address; the default `::` lists the host's global IPv6 addresses).
+    #[arg(long, default_value = "::")]
     bind: IpAddr,
     /// Port the node would accept connections on (0: any free port; the UNL is only useful
     /// with a fixed one, or from `run --unl-file`).
@@ -51,8 +51,9 @@ pub(crate) struct ConnectArgs {
     identity: IdentityFlags,
     #[command(flatten)]
     servers: ServerFlags,
-    /// Address to accept connections on (a reverse connect dials us here).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to accept connections on (a reverse connect dials us here; the default `::`
+    /// takes IPv4 and IPv6).
+    #[arg(long, default_value = "::")]
     bind: IpAddr,
     /// Port to accept connections on (0: any free port).
     #[arg(long, default_value_t = 0)]
