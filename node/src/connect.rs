@@ -56,6 +56,10 @@ pub enum Method {
     Lan,
     /// Dialed their WAN address (they are passive).
     Direct,
+    /// Over IPv6, no NAT: we dialed their IPv6 address from our listening port while they
+    /// dialed ours (asked through their mailbox); a direct connection, or a simultaneous open
+    /// through both stateful firewalls.
+    Ipv6,
     /// They dialed us, asked through their mailbox.
     Reverse,
     /// TCP simultaneous open through both NATs.
@@ -70,6 +74,7 @@ impl fmt::Display for Method {
             Method::Existing => "existing",
             Method::Lan => "lan",
             Method::Direct => "direct",
+            Method::Ipv6 => "ipv6",
             Method::Reverse => "reverse",
             Method::Punch => "punch",
             Method::Relay => "relay",

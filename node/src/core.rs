@@ -30,11 +30,12 @@
 //! | `discovery` | our WAN address, clock samples and (role `auto`) the role, from the rendezvous |
 //! | `unl_connect` | the connect-by-UNL state machine: plan, waves, deadlines, outcome |
 //! | `iam` | `IAM` on every connection; which connect a connection belongs to |
+//! | `ipv6` | connects over IPv6 first (our dial from the listening port, their dial asked for: a simultaneous open through both firewalls), IPv4 after a head start |
 //! | `reverse` | reverse connects and relays, asking |
 //! | `asked` | reverse-connect and relay requests from our mailbox: signed ones checked, PyP2P's unsigned ones vouched for |
 //! | `mailbox` | the dht-msg mailbox client |
 //! | `switch` | moving a live session to another path (`P2P/1 SWITCH`), line order kept |
-//! | `upgrade` | relay first: a relayed connect reported at once, its direct tries going on |
+//! | `upgrade` | relay first: a relayed connect reported at once, its direct tries going on; a missed punch tried again on the live session |
 //! | `punch` | hole punching: rendezvous sessions and timers; `punch/simultaneous` (registration, challenges) and `punch/candidate` (candidacy, dials at the meeting) |
 //!
 //! Imports go one way: the data modules (`output`, `config`, `state`) know nothing of `Core`;
@@ -59,6 +60,7 @@ mod asked;
 mod config;
 mod discovery;
 mod iam;
+mod ipv6;
 mod jobs;
 mod limits;
 mod mailbox;
@@ -73,6 +75,7 @@ mod upgrade;
 
 pub use crate::ids::{ConnId, QueryId, RelayId, SessionId};
 pub use config::{CoreConfig, DEFAULT_KEEPALIVE, DEFAULT_PUNCH_SOCKETS, UPGRADE_RETRY_FIRST};
+pub use ipv6::IPV6_HEAD_START;
 pub use output::{Direction, Event, Job, LineVerdict, Output, QueryReply, RequestCheck, Security};
 
 use crate::ids::ConnectId;

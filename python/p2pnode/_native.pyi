@@ -90,7 +90,7 @@ class Connection:
     def addr(self) -> Tuple[str, int]: ...
     @property
     def method(self) -> Optional[str]:
-        """"lan", "direct", "reverse", "punch", "relay", "existing", or None."""
+        """"lan", "direct", "ipv6", "reverse", "punch", "relay", "existing", or None."""
     @property
     def direction(self) -> str:
         """"inbound" or "outbound"."""

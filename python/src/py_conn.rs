@@ -124,7 +124,7 @@ impl PyConnection {
         addr_tuple(self.addr)
     }
 
-    /// How `net.connect(unl)` opened it: `"lan"`, `"direct"`, `"reverse"`, `"punch"`,
+    /// How `net.connect(unl)` opened it: `"lan"`, `"direct"`, `"ipv6"`, `"reverse"`, `"punch"`,
     /// `"relay"` or `"existing"`; `None` for overlay and inbound connections.
     #[getter]
     fn method(&self) -> Option<String> {

@@ -146,6 +146,8 @@ pub fn node_command(lab: &netns_sim::Lab, host: &str) -> std::process::Command {
         .join(host);
     let mut command = std::process::Command::new(binary("p2p-node"));
     command.env("XDG_DATA_HOME", home);
+    // The lab's IPv6 internet is 2001:db8::/32: let the node advertise it.
+    command.env("P2P_NODE_LAB_IPV6", "1");
     command
 }
 

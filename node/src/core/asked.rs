@@ -21,13 +21,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use super::Core;
-use super::output::{Event, Output, RequestCheck};
+use super::output::{Direction, Event, Output, RequestCheck, Security};
 use super::state::{RelayRole, ReverseDial};
 use crate::connect::{RELAY_CONNECT_PREFIX, REVERSE_CONNECT_PREFIX, RelayRequest, ReverseRequest};
 use crate::ids::{ConnectId, RelayId};
 use wire::key::{KeyError, PublicKey};
 use wire::overlay::Nonce;
 use wire::punch::relay_token;
+use wire::rendezvous::NodeType;
 use wire::signal::{RELAY_PREFIX, REVERSE_PREFIX, RequestKind, SignalError, SignedRequest};
 use wire::unl::v3::UnlV3Error;
 use wire::unl::{NodeId, Unl};
@@ -145,7 +146,10 @@ impl Core {
         };
         let unl = request.unl().to_v2();
         match request.kind() {
-            RequestKind::Reverse => self.act_reverse(now, &asker, &unl),
+            RequestKind::Reverse => {
+                let ipv6 = self.their_ipv6(request.unl());
+                self.act_reverse(now, &asker, &unl, ipv6);
+            }
             RequestKind::Relay { relay } => self.act_relay(now, &asker, &unl, relay),
         }
     }
@@ -177,13 +181,15 @@ impl Core {
         };
         match relay {
             Some(relay) => self.act_relay(now, &asker, &unl, relay),
-            None => self.act_reverse(now, &asker, &unl),
+            None => self.act_reverse(now, &asker, &unl, None),
         }
     }
 
     /// Dials the asker at its UNL's address (its LAN address when we share its WAN one),
-    /// within the limits.
-    fn act_reverse(&mut self, now: Instant, asker: &Asker, unl: &Unl) {
+    /// within the limits. With `ipv6` (both of us have an IPv6 address, see `ipv6.rs`), also
+    /// dials that from our listening port, where the asker's own dial opened its firewall:
+    /// then the IPv4 address only when the asker is passive (anything else drops the SYN).
+    fn act_reverse(&mut self, now: Instant, asker: &Asker, unl: &Unl, ipv6: Option<SocketAddr>) {
         let (from, signed) = (asker.node.to_string(), asker.key.is_some());
         let same_wan = self
             .local_unl
@@ -193,17 +199,44 @@ impl Core {
         } else {
             unl.wan_ip
         };
-        if unl.port == 0 || ip.is_unspecified() {
+        let v4 = (unl.port != 0 && !ip.is_unspecified())
+            .then(|| SocketAddr::from((ip, unl.port)))
+            .filter(|_| ipv6.is_none() || unl.node_type == NodeType::Passive);
+        let Some(first) = ipv6.or(v4) else {
             let why = "the UNL has no address and port to dial";
             self.request_refused(Some(&from), None, signed, RequestCheck::Refused, why);
             return;
-        }
-        let addr = SocketAddr::from((ip, unl.port));
-        if let Err(why) = self.spend(now, asker, IpAddr::V4(ip)) {
+        };
+        if let Err(why) = self.spend(now, asker, first.ip()) {
             let why = format!("too many reverse-connect requests {why}");
             self.request_refused(Some(&from), None, signed, RequestCheck::RateLimited, &why);
             return;
         }
+        for addr in ipv6.into_iter().chain(v4) {
+            self.out.push_back(Output::Event(Event::ReverseRequested {
+                from: from.clone(),
+                addr: Some(addr),
+                refused: None,
+                signed,
+                check: RequestCheck::Accepted,
+            }));
+        }
+        if let Some(addr) = ipv6 {
+            // Reported inbound: the asker's dial shares this connection and begins the
+            // handshake (to our key); we answer and check that it proves the asker's.
+            self.out.push_back(Output::PunchDial {
+                addr,
+                from_port: self.config.listen_port,
+                at: now,
+                timeout: self.config.punch_timeout,
+                direction: Direction::Inbound,
+                fresh: false,
+                security: Security::Respond { expect: asker.key },
+            });
+        }
+        let Some(addr) = v4 else {
+            return;
+        };
         self.reverse_dials.insert(
             addr,
             ReverseDial {
@@ -212,13 +245,6 @@ impl Core {
                 key: asker.key,
             },
         );
-        self.out.push_back(Output::Event(Event::ReverseRequested {
-            from,
-            addr: Some(addr),
-            refused: None,
-            signed,
-            check: RequestCheck::Accepted,
-        }));
         // A dial already in flight to that address carries the nonce when it opens (and the
         // key is checked when its IAM arrives).
         if !self.dialing.contains(&addr) {

@@ -36,6 +36,10 @@ impl Core {
         };
         t.started_ms = Some(ms);
         a.reverse_deadline = Some(now + self.config.reverse_timeout);
+        if a.request_posted {
+            // The IPv6 try posted the request (see `ipv6.rs`): they dial both our addresses.
+            return;
+        }
         let Some(node) = a.target.node_id else { return };
         let nonce = a.nonce;
         let body = match self.signed_request(now, id, RequestKind::Reverse) {

@@ -93,6 +93,21 @@ pub(super) struct Attempt {
     /// 0 for a connect the application asked for; n for the n-th try again to move a relayed
     /// session to a direct path (see `upgrade.rs`).
     pub(super) retry: u32,
+    /// The IPv4 tries held back while the IPv6 try has its head start (see `ipv6.rs`).
+    pub(super) v4_wave: Option<V4Wave>,
+    /// Our reverse-connect request is in their mailbox already (the IPv6 try posts it at
+    /// once; the reverse try then only waits for their dial).
+    pub(super) request_posted: bool,
+}
+
+/// IPv4 tries that start when the IPv6 try's head start is over, or at once when it fails.
+#[derive(Debug)]
+pub(super) struct V4Wave {
+    pub(super) at: Instant,
+    /// LAN and direct addresses to dial.
+    pub(super) dials: Vec<SocketAddr>,
+    /// The punch starts with them.
+    pub(super) punch: bool,
 }
 
 impl Attempt {
@@ -120,6 +135,8 @@ impl Attempt {
             relay_at: None,
             relay: None,
             retry: 0,
+            v4_wave: None,
+            request_posted: false,
         }
     }
 

@@ -106,10 +106,14 @@ impl Core {
             return id;
         }
         let dials = self.plan(now, &mut attempt);
+        let (dials, ipv6) = self.plan_ipv6(now, &mut attempt, dials);
         for (_, addr) in &dials {
             self.attempt_dials.insert(*addr, id);
         }
-        let nothing = dials.is_empty() && attempt.reverse_at.is_none() && !attempt.punch_now;
+        let nothing = dials.is_empty()
+            && attempt.reverse_at.is_none()
+            && !attempt.punch_now
+            && ipv6.is_none();
         let relay_only = nothing && attempt.relay_planned;
         self.attempts.insert(id, attempt);
         if relay_only {
@@ -119,6 +123,9 @@ impl Core {
         if nothing {
             self.finish(now, id, Err("no method can reach that node".to_owned()));
             return id;
+        }
+        if let Some(theirs) = ipv6 {
+            self.start_ipv6(now, id, theirs);
         }
         for (_, addr) in dials {
             self.dial(addr);
@@ -307,7 +314,14 @@ impl Core {
             .values()
             .flat_map(|a| {
                 let relay_at = a.relay_at.filter(|_| a.relay_planned);
-                [Some(a.deadline), a.reverse_at, a.reverse_deadline, relay_at]
+                let v4_at = a.v4_wave.as_ref().map(|w| w.at);
+                [
+                    Some(a.deadline),
+                    a.reverse_at,
+                    a.reverse_deadline,
+                    relay_at,
+                    v4_at,
+                ]
             })
             .flatten()
             .chain(self.upgrade_retries.values().map(|r| r.at))
@@ -318,6 +332,15 @@ impl Core {
     /// connect's deadlines, and relayed sessions' upgrades tried again.
     pub(super) fn connect_timers(&mut self, now: Instant) {
         self.upgrade_retry_timers(now);
+        let waves: Vec<ConnectId> = self
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.v4_wave.as_ref().is_some_and(|w| w.at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waves {
+            self.start_v4_wave(now, id);
+        }
         let due: Vec<ConnectId> = self
             .attempts
             .iter()
@@ -412,13 +435,19 @@ impl Core {
             t.result = TryResult::Failed(reason.to_owned());
             t.ended_ms = Some(ms);
         }
-        let running = a
-            .tries
-            .iter()
-            .any(|t| t.result == TryResult::Pending && t.started_ms.is_some());
-        if running {
+        if self.tries_running(id) {
             return;
         }
+        // The IPv6 try failed within its head start: the IPv4 tries start now.
+        if self.attempts.get(&id).is_some_and(|a| a.v4_wave.is_some()) {
+            self.start_v4_wave(now, id);
+            if self.tries_running(id) {
+                return;
+            }
+        }
+        let Some(a) = self.attempts.get_mut(&id) else {
+            return;
+        };
         if a.reverse_at.is_some() {
             a.reverse_at = Some(now);
             self.start_second_wave(now, id);

@@ -150,7 +150,10 @@ impl Net {
                     let port = random_port(&mut b.guessed);
                     port.map(|port| {
                         let to = SocketAddr::new(ip, port);
-                        (to, connect_from(punch_ip(self.config.bind), from_port, to))
+                        (
+                            to,
+                            connect_from(punch_ip(self.config.bind, to), from_port, to),
+                        )
                     })
                 }
             };

@@ -137,7 +137,7 @@ impl Net {
             }
             let late = now.saturating_duration_since(p.at);
             debug!(addr = %p.addr, from_port = p.from_port, late_us = late.as_micros(), "punch dial");
-            let stream = connect_from(punch_ip(self.config.bind), p.from_port, p.addr)
+            let stream = connect_from(punch_ip(self.config.bind, p.addr), p.from_port, p.addr)
                 .map_err(|e| format!("cannot dial from port {}: {e}", p.from_port));
             self.track_dial(
                 now,

@@ -20,6 +20,16 @@ use super::Net;
 use super::links::bind_reusable;
 use crate::ipv6;
 
+/// The environment variable that makes the node treat `2001:db8::/32` (the documentation
+/// prefix, which netns-sim's `--ipv6` lab uses as its internet) as global addresses. For
+/// labs only: on a real host such an address is never reachable from outside.
+const LAB_IPV6_ENV: &str = "P2P_NODE_LAB_IPV6";
+
+/// Whether [`LAB_IPV6_ENV`] is set (to anything but empty or `0`).
+fn lab_ipv6() -> bool {
+    std::env::var(LAB_IPV6_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
 /// The listening socket for `bind`:`port`: dual stack on `::` (IPv4 only when the host has
 /// no IPv6), else `bind` itself.
 pub(super) fn bind_listener(bind: IpAddr, port: u16) -> io::Result<Socket> {
@@ -62,7 +72,7 @@ impl Net {
                 return;
             }
         };
-        let choice = ipv6::choose(&addrs, false);
+        let choice = ipv6::choose(&addrs, lab_ipv6());
         for (addr, why) in &choice.skipped {
             info!(%addr, why, "IPv6 address left out of the UNL");
         }

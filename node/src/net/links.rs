@@ -237,11 +237,12 @@ pub(super) fn connect_from(ip: IpAddr, port: u16, to: SocketAddr) -> io::Result<
     Ok(TcpStream::from_std(stream))
 }
 
-/// The address hole-punch sockets bind to: the node's bind address when it is an IPv4 one,
-/// else any.
-pub(super) fn punch_ip(bind: IpAddr) -> IpAddr {
-    match bind {
-        IpAddr::V4(_) => bind,
-        IpAddr::V6(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+/// The address hole-punch sockets towards `to` bind to: the node's bind address when it is
+/// of `to`'s family, else any address of that family.
+pub(super) fn punch_ip(bind: IpAddr, to: SocketAddr) -> IpAddr {
+    match (bind, to) {
+        (IpAddr::V4(_), SocketAddr::V4(_)) | (IpAddr::V6(_), SocketAddr::V6(_)) => bind,
+        (_, SocketAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (_, SocketAddr::V6(_)) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
 }

@@ -29,7 +29,7 @@ impl Net {
         timeout: Duration,
     ) -> io::Result<LineLink> {
         let mut stream = match bind_port {
-            Some(port) => connect_from(punch_ip(self.config.bind), port, server)?,
+            Some(port) => connect_from(punch_ip(self.config.bind, server), port, server)?,
             None => TcpStream::connect(server)?,
         };
         // Lines to servers are small requests that want an answer: never held back waiting
