@@ -34,9 +34,8 @@
 //! filtering, as ISPs do. TCP simultaneous open works through two such firewalls: each
 //! side's outbound SYN makes the peer's SYN a reply.
 //!
-//! **Not with WAN emulation:** the delay stages queue IPv4 only (iptables), so a topology
-//! with both is refused rather than half emulated. Teardown: everything lives in the lab's
-//! namespaces.
+//! **With WAN emulation** the delay stages queue both families (the same rules in iptables
+//! and ip6tables). Teardown: everything lives in the lab's namespaces.
 //!
 //! ```no_run
 //! use netns_sim::{Family, Lab, NatKind, Topology, TwoNats};

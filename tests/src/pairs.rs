@@ -91,6 +91,9 @@ pub struct PairSpec {
     pub wan: Option<WanProfile>,
     /// Both home routers forget an idle established TCP connection after this (conntrack).
     pub tcp_timeout: Option<Duration>,
+    /// IPv6 everywhere too (netns-sim `--ipv6`: global addresses, home routers that route
+    /// IPv6 behind a stateful firewall).
+    pub ipv6: bool,
 }
 
 impl PairSpec {
@@ -102,7 +105,15 @@ impl PairSpec {
             cgnat_a: None,
             wan: None,
             tcp_timeout: None,
+            ipv6: false,
         }
+    }
+
+    /// With IPv6 everywhere too (dual stack; the routers are stateful IPv6 firewalls).
+    #[must_use]
+    pub fn ipv6(mut self) -> PairSpec {
+        self.ipv6 = true;
+        self
     }
 
     /// With both home routers forgetting idle TCP connections after `timeout`.
@@ -136,6 +147,9 @@ impl PairSpec {
         name.push_str(self.nat_b.name());
         if self.wan.is_some() {
             name.push_str(" (wan)");
+        }
+        if self.ipv6 {
+            name.push_str(" (dual stack)");
         }
         name
     }
@@ -183,6 +197,7 @@ impl PairLab {
             b: spec.nat_b,
             cgnat_a: spec.cgnat_a,
             ntp: true,
+            ipv6: spec.ipv6,
             ..TwoNats::default()
         });
         if let Some(wan) = &spec.wan {

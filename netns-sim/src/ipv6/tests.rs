@@ -136,8 +136,8 @@ fn families_parse_and_bad_combinations_are_refused() {
             "nat-a",
             crate::Link::symmetric(crate::LinkProfile::delay_ms(5)),
         );
-    let e = t.resolve().unwrap_err();
-    assert!(e.to_string().contains("[links.nat-a]"), "{e}");
+    // IPv6 with WAN emulation is fine: the stages queue both families.
+    assert!(t.resolve().is_ok());
     // From TOML.
     let t = Topology::from_toml(
         "ipv6 = true\n[[public]]\nname = \"pub\"\nfamily = \"ipv6\"\n[[router]]\nname = \"r\"\nnat = \"none\"\n[[router.host]]\nname = \"h\"\nfamily = \"ipv4\"",

@@ -16,6 +16,9 @@ impl Lab {
             return Ok(());
         }
         sys::require_tool("iptables")?;
+        if self.state.topology.ipv6 {
+            sys::require_tool("ip6tables")?;
+        }
         let program = wan::stage_binary().map_err(|e| LabError::Wan(e.to_string()))?;
         for plan in plans {
             let config = StageConfig {
@@ -48,6 +51,7 @@ impl Lab {
             let ns = self.ns(&plan.host);
             // Bridged IPv4 must pass iptables for the internet's physdev rules (the default,
             // made sure; routers turn it off, see build.rs).
+            let ipv6 = self.state.topology.ipv6;
             if plan.host == super::INTERNET
                 && std::path::Path::new(super::build::BRIDGE_NF).exists()
             {
@@ -55,9 +59,24 @@ impl Lab {
                     sys::in_netns(&ns, "sysctl")
                         .args(["-qw", "net.bridge.bridge-nf-call-iptables=1"]),
                 )?;
+                if ipv6 {
+                    sys::run(
+                        sys::in_netns(&ns, "sysctl")
+                            .args(["-qw", "net.bridge.bridge-nf-call-ip6tables=1"]),
+                    )?;
+                }
             }
+            // The same rules for IPv6 in an IPv6 lab: both families take the link's delay
+            // and loss (the stage holds packets by queue, whatever their family).
+            let tools: &[&str] = if ipv6 {
+                &["iptables", "ip6tables"]
+            } else {
+                &["iptables"]
+            };
             for rule in &plan.rules {
-                sys::run(sys::in_netns(&ns, "iptables").arg("-w").args(rule))?;
+                for tool in tools {
+                    sys::run(sys::in_netns(&ns, tool).arg("-w").args(rule))?;
+                }
             }
         }
         Ok(())

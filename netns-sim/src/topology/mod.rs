@@ -103,11 +103,6 @@ pub enum TopologyError {
         "host {0:?} is IPv6-only (family = \"ipv6\") but the topology has no IPv6 (set ipv6 = true, or --ipv6)"
     )]
     Ipv6Off(String),
-    /// IPv6 together with WAN emulation, which queues IPv4 only.
-    #[error(
-        "IPv6 with WAN emulation ([links.{0}]) is not built: the delay stages queue IPv4 only, so IPv6 would cross the link instantly"
-    )]
-    Ipv6WithWan(String),
 }
 
 /// A host on the internet segment, with a public address and no NAT.

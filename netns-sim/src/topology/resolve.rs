@@ -82,11 +82,7 @@ impl Topology {
                 return Err(TopologyError::UnknownLinkHost(name.clone()));
             }
         }
-        if self.ipv6 {
-            if let Some(name) = self.links.keys().next() {
-                return Err(TopologyError::Ipv6WithWan(name.clone()));
-            }
-        } else {
+        if !self.ipv6 {
             let v6_only = self
                 .public
                 .iter()
