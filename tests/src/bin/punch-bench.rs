@@ -12,6 +12,7 @@
 //! sudo target/release/punch-bench [RUNS] [wan|lan|both]   (default 20 both; build with
 //!                                                         `cargo build --release --workspace`)
 //! sudo target/release/punch-bench birthday [RUNS] [wan|lan|both]
+//! sudo target/release/punch-bench ipv6 [RUNS] [wan|lan|both]
 //! ```
 //!
 //! `birthday`: the easy × hard pairs (one side's NAT maps ports at random): for each budget
@@ -19,6 +20,11 @@
 //! that end on a direct path, the time to the first line (the relay, which starts at once)
 //! and to the direct path (p50/p99), and the SYNs sent per attempt; then the other easy ×
 //! hard pairs at the default budget.
+//!
+//! `ipv6`: dual-stack labs (netns-sim `--ipv6`: the home routers are stateful IPv6
+//! firewalls; a `none` router routes without one): the time to connect over IPv6 through two
+//! firewalls (a simultaneous open) and directly (alice without a firewall), each beside the
+//! same pair over IPv4 (alice run with `--bind 0.0.0.0`: the punch, the direct dial).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -33,6 +39,7 @@ const CLI: BenchCli = BenchCli {
     usage: "\
 usage: punch-bench [RUNS] [wan|lan|both]            the hole-punching matrix (default 20 both)
        punch-bench birthday [RUNS] [wan|lan|both]   the birthday punch: budgets, then pairs
+       punch-bench ipv6 [RUNS] [wan|lan|both]       IPv6 (firewalls, direct) beside IPv4
 
 Connects by UNL in a netns-sim lab (needs root) with default flags; each pair without a WAN
 profile (lan), under the internet profile (wan: 20-60 ms per access link, 3 ms jitter, 1 %
@@ -41,10 +48,14 @@ loss), or both. Build first: cargo build --release --workspace",
 
 fn main() {
     let mut args = CLI.args();
-    let birthday = args.first().is_some_and(|a| a == "birthday");
-    if birthday {
-        args.remove(0);
-    }
+    let mode = match args.first().map(String::as_str) {
+        Some(m @ ("birthday" | "ipv6")) => {
+            let m = m.to_owned();
+            args.remove(0);
+            m
+        }
+        _ => "matrix".to_owned(),
+    };
     let runs: usize = CLI
         .number(args.first().map(String::as_str), "RUNS", 20)
         .max(1);
@@ -58,10 +69,48 @@ fn main() {
         CLI.fail(&format!("unexpected argument {extra:?}"));
     }
     CLI.require_root();
-    if birthday {
-        birthday_bench(runs, &profiles);
-    } else {
-        matrix_bench(runs, &profiles);
+    match mode.as_str() {
+        "birthday" => birthday_bench(runs, &profiles),
+        "ipv6" => ipv6_bench(runs, &profiles),
+        _ => matrix_bench(runs, &profiles),
+    }
+}
+
+/// IPv6 beside IPv4: each pair in a dual-stack lab, then the same pair with alice on IPv4
+/// only (bob is dual stack in both).
+fn ipv6_bench(runs: usize, profiles: &[bool]) {
+    let pairs = [
+        (
+            PairSpec::new(NatKind::PortRestricted, NatKind::PortRestricted).ipv6(),
+            "punch",
+        ),
+        (
+            PairSpec::new(NatKind::None, NatKind::PortRestricted).ipv6(),
+            "direct",
+        ),
+    ];
+    println!("{runs} connects per line (bob -> alice by v3 UNL), default flags");
+    println!(
+        "{:<36} {:<8} {:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "pair (alice x bob)",
+        "expected",
+        "alice",
+        "ok",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "RTT ms",
+        "p50/RTT"
+    );
+    for &wan in profiles {
+        for (spec, v4_method) in pairs {
+            let spec = if wan { spec.internet() } else { spec };
+            let lab = PairLab::up(spec, &[]);
+            matrix_line(&lab, spec, "ipv6", "dual", runs);
+            drop(lab);
+            let lab = PairLab::up(spec, &["--bind", "0.0.0.0"]);
+            matrix_line(&lab, spec, v4_method, "IPv4 only", runs);
+        }
     }
 }
 
