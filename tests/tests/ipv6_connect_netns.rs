@@ -24,13 +24,21 @@ fn a_dual_stack_pair_behind_two_ipv6_firewalls_connects_over_ipv6() {
 }
 
 /// The same under the internet profile (20-60 ms per access link, jitter, 1 % loss, on IPv6
-/// as on IPv4): the SYNs meet across real round trips.
+/// as on IPv4): the SYNs meet across real round trips. A lost packet can hold IPv6 up past
+/// its head start so that IPv4 wins (2 of 20 in `punch-bench ipv6`): that is happy eyeballs
+/// doing its job, so here at least 2 of 6 connects must be by IPv6, and every one must have
+/// tried it.
 #[test]
 fn a_dual_stack_pair_behind_two_ipv6_firewalls_connects_over_ipv6_wan() {
     over_ipv6(spec().internet());
 }
 
 fn over_ipv6(spec: PairSpec) {
+    let lossy = spec.wan.is_some();
+    let runs = if lossy { 6 } else { 3 };
+    let mut by_ipv6 = 0;
+    // alice's IPv6 address and port, as bob's IPv6 try dialed it.
+    let mut peer = None;
     if !lab_preconditions(&[]) {
         return;
     }
@@ -40,41 +48,25 @@ fn over_ipv6(spec: PairSpec) {
         alice_log.contains("IPv6 addresses in the UNL chosen=[2001:db8:1::2]"),
         "{alice_log}"
     );
-    for run in 0..3 {
+    for run in 0..runs {
         let (mut bob, outcome) = lab.connect(&[]);
-        assert_eq!(outcome.method.as_deref(), Some("ipv6"), "{}", outcome.line);
-        assert!(
-            outcome.line.contains("\"addr\":\"[2001:db8:1::2]:"),
-            "{}",
-            outcome.line
-        );
-        lab.exchange_tagged(&mut bob, &format!("run {run}"));
-        if run == 0 {
-            // The firewall is real: a plain connect from bob to alice's port is dropped.
-            let peer = outcome.line.split("\"peer\":\"").nth(1).unwrap();
-            let peer = peer.split('"').next().unwrap();
-            let probe = lab
-                .lab
-                .exec(
-                    "bob",
-                    &[
-                        binary("netns-sim").to_str().unwrap(),
-                        "probe",
-                        "connect",
-                        peer,
-                        "--send",
-                        "hello",
-                        "--timeout-ms",
-                        "500",
-                    ],
-                )
-                .unwrap();
-            let err = String::from_utf8_lossy(&probe.stderr);
-            assert!(
-                !probe.status.success() && err.contains("timed out"),
-                "bob's plain connect to {peer} was not dropped: {err}"
-            );
+        let tried = outcome
+            .line
+            .split("\"addr\":\"")
+            .filter_map(|rest| rest.split('"').next())
+            .find(|a| a.starts_with("[2001:db8:1::2]:"))
+            .unwrap_or_else(|| panic!("no IPv6 try: {}", outcome.line));
+        peer = Some(tried.to_owned());
+        if outcome.method.as_deref() != Some("ipv6") {
+            assert!(lossy, "{}", outcome.line);
+            assert!(outcome.connected, "{}", outcome.line);
+            eprintln!("run {run}: IPv4 won: {}", outcome.line);
+            lab.exchange_tagged(&mut bob, &format!("run {run}"));
+            bob.kill();
+            continue;
         }
+        by_ipv6 += 1;
+        lab.exchange_tagged(&mut bob, &format!("run {run}"));
         eprintln!(
             "{}: connected in {} us (RTT {:?}): {}",
             spec.name(),
@@ -84,6 +76,30 @@ fn over_ipv6(spec: PairSpec) {
         );
         bob.kill();
     }
+    assert!(by_ipv6 >= 2, "only {by_ipv6} of {runs} connects by IPv6");
+    // The firewall is real: a plain connect from bob to alice's port is dropped.
+    let peer = peer.expect("an IPv6 try");
+    let probe = lab
+        .lab
+        .exec(
+            "bob",
+            &[
+                binary("netns-sim").to_str().unwrap(),
+                "probe",
+                "connect",
+                &peer,
+                "--send",
+                "hello",
+                "--timeout-ms",
+                "500",
+            ],
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&probe.stderr);
+    assert!(
+        !probe.status.success() && err.contains("timed out"),
+        "bob's plain connect to {peer} was not dropped: {err}"
+    );
 }
 
 #[test]
