@@ -166,7 +166,17 @@ fn matrix_bench(runs: usize, profiles: &[bool]) {
             ));
             let mut lab = PairLab::up(spec, &["--unl-v2-file", v2_file.to_str().expect("UTF-8")]);
             let v3 = lab.alice_unl.clone();
-            let v2 = std::fs::read_to_string(&v2_file).expect("alice's v2 UNL");
+            // Written just after the v3 UNL the lab waited for.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let v2 = loop {
+                match std::fs::read_to_string(&v2_file) {
+                    Ok(text) if !text.trim().is_empty() => break text,
+                    _ if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    other => panic!("alice's v2 UNL: {other:?}"),
+                }
+            };
             let _ = std::fs::remove_file(&v2_file);
             for (kind, unl) in [("v3 (enc)", v3), ("v2 (plain)", v2.trim().to_owned())] {
                 lab.alice_unl = unl;
