@@ -90,18 +90,7 @@ fn ipv6_bench(runs: usize, profiles: &[bool]) {
         ),
     ];
     println!("{runs} connects per line (bob -> alice by v3 UNL), default flags");
-    println!(
-        "{:<36} {:<8} {:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8}",
-        "pair (alice x bob)",
-        "expected",
-        "alice",
-        "ok",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "RTT ms",
-        "p50/RTT"
-    );
+    table_header("alice");
     for &wan in profiles {
         for (spec, v4_method) in pairs {
             let spec = if wan { spec.internet() } else { spec };
@@ -144,18 +133,7 @@ fn matrix_bench(runs: usize, profiles: &[bool]) {
         ),
     ];
     println!("{runs} connects per pair (bob -> alice by UNL), default flags");
-    println!(
-        "{:<36} {:<8} {:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8}",
-        "pair (alice x bob)",
-        "expected",
-        "UNL",
-        "ok",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "RTT ms",
-        "p50/RTT"
-    );
+    table_header("UNL");
     for &wan in profiles {
         for (spec, method) in matrix {
             let spec = if wan { spec.internet() } else { spec };
@@ -184,6 +162,22 @@ fn matrix_bench(runs: usize, profiles: &[bool]) {
             }
         }
     }
+}
+
+/// The header of the tables [`matrix_line`] prints; `kind`: the title of its third column.
+fn table_header(kind: &str) {
+    println!(
+        "{:<36} {:<8} {:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "pair (alice x bob)",
+        "expected",
+        kind,
+        "ok",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "RTT ms",
+        "p50/RTT"
+    );
 }
 
 /// One line of the matrix: `runs` connects of `spec` to the UNL `lab.alice_unl` (`kind`).

@@ -94,6 +94,27 @@ fn outcome(outputs: &[Output]) -> Option<ConnectOutcome> {
     })
 }
 
+/// The relay a connect started in `outputs`: its dial and the request in the target's mailbox.
+fn relay_started(outputs: &[Output]) -> (RelayId, RelayRequest) {
+    let relay = outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::RelayDial { relay, .. } => Some(*relay),
+            _ => None,
+        })
+        .expect("a relay dial");
+    let body = outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::MailboxSend { line } if line.starts_with("PUT ") => {
+                Some(line.splitn(3, ' ').nth(2).unwrap().to_owned())
+            }
+            _ => None,
+        })
+        .expect("a relay request in the target's mailbox");
+    (relay, body.parse().unwrap())
+}
+
 /// A simultaneous node at listening port 4000, registered (the server saw port 4000 after a
 /// 400 us round trip). Returns the registration session.
 fn registered(c: &mut Core, now: Instant) -> SessionId {
@@ -395,24 +416,7 @@ fn a_relayed_connect_wins_with_the_nonce() {
     let mut bob = bob(now, true);
     let id = bob.connect_unl(now, alice_unl);
     // Nothing else can reach an active node from an active one: the relay starts at once.
-    let out = drain(&mut bob);
-    let relay = out
-        .iter()
-        .find_map(|o| match o {
-            Output::RelayDial { relay, .. } => Some(*relay),
-            _ => None,
-        })
-        .expect("a relay dial at once");
-    let body = out
-        .iter()
-        .find_map(|o| match o {
-            Output::MailboxSend { line } if line.starts_with("PUT ") => {
-                Some(line.splitn(3, ' ').nth(2).unwrap().to_owned())
-            }
-            _ => None,
-        })
-        .unwrap();
-    let request: RelayRequest = body.parse().unwrap();
+    let (relay, request) = relay_started(&drain(&mut bob));
     assert!(bob.handle_relay_open(now, relay, ConnId(9), addr(RENDEZVOUS), None));
     drain(&mut bob);
     let iam = Control::Iam {
@@ -685,24 +689,7 @@ fn a_relayed_connection_whose_punch_missed_punches_again_with_backoff() {
         drain(bob);
         let t = now + Duration::from_millis(1400);
         bob.handle_timeout(t);
-        let out = drain(bob);
-        let relay = out
-            .iter()
-            .find_map(|o| match o {
-                Output::RelayDial { relay, .. } => Some(*relay),
-                _ => None,
-            })
-            .expect("a relay dial");
-        let body = out
-            .iter()
-            .find_map(|o| match o {
-                Output::MailboxSend { line } if line.starts_with("PUT ") => {
-                    Some(line.splitn(3, ' ').nth(2).unwrap().to_owned())
-                }
-                _ => None,
-            })
-            .unwrap();
-        let request: RelayRequest = body.parse().unwrap();
+        let (relay, request) = relay_started(&drain(bob));
         assert!(bob.handle_relay_open(t, relay, ConnId(9), addr(RENDEZVOUS), None));
         drain(bob);
         let iam = Control::Iam {
