@@ -30,6 +30,8 @@ use crate::Config;
 /// SIGTERM: pending changes are committed and connections closed.
 ///
 /// Example: dht-msg --listen [::]:8090 --data-dir /var/lib/dht-msg
+// The text above is the `--help` (clap prints it as written), not rustdoc.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Debug, Parser)]
 #[command(version, max_term_width = 100)]
 pub struct Args {

@@ -73,10 +73,10 @@
 //!
 //! | call | parameters | answer |
 //! |---|---|---|
-//! | `register` | `node_id`, `password`, [`port`], [`network_id`] | `success` |
+//! | `register` | `node_id`, `password`, \[`port`\], \[`network_id`\] | `success` |
 //! | `put` | `node_id` (recipient) and `msg`; or `dest_node_id`, `msg` and optionally the sender's `node_id` + `password` | `success` |
-//! | `list` | `node_id`, `password`, [`list_pop`=1], [`wait`=seconds] | JSON array of message strings; `list_pop=1` deletes them |
-//! | `find_neighbours` | `node_id`, `password`, [`network_id`] | JSON `[{"ip","port","id","can_test"}]`, at most 5, seen in the last 15 min |
+//! | `list` | `node_id`, `password`, \[`list_pop`=1\], \[`wait`=seconds\] | JSON array of message strings; `list_pop=1` deletes them |
+//! | `find_neighbours` | `node_id`, `password`, \[`network_id`\] | JSON `[{"ip","port","id","can_test"}]`, at most 5, seen in the last 15 min |
 //! | `last_alive` | `node_id`, `password` | `success` |
 //!
 //! A refusal answers the body `failure` (what PyP2P's clients expect) with a status code (400,

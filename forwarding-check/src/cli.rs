@@ -24,6 +24,8 @@ use crate::Config;
 /// info, logs one line per check with its result). Stop with Ctrl-C or SIGTERM.
 ///
 /// Example: forwarding-check --listen [::]:8080
+// The text above is the `--help` (clap prints it as written), not rustdoc.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Debug, Parser)]
 #[command(version, max_term_width = 100)]
 pub struct Args {

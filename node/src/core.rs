@@ -26,7 +26,7 @@
 //! | `state` | the tables in `Core`'s fields: peers, requests, connects, mailbox, registration (data) |
 //! | `overlay` | connections, `HELLO`, control lines, the inbound caps, flooding broadcasts |
 //! | `jobs` | bootstrap, advertise, clear, NAT detection: schedules, failover, replies |
-//! | `limits` | [`Budget`]: rate limits in all and per sender, with a burst (data and rules) |
+//! | `limits` | `Budget`: rate limits in all and per sender, with a burst (data and rules) |
 //! | `discovery` | our WAN address, clock samples and (role `auto`) the role, from the rendezvous |
 //! | `unl_connect` | the connect-by-UNL state machine: plan, waves, deadlines, outcome |
 //! | `iam` | `IAM` on every connection; which connect a connection belongs to |

@@ -28,6 +28,8 @@ use crate::config::parse_bytes;
 /// Stop with Ctrl-C or SIGTERM: connections are flushed and closed.
 ///
 /// Example: rendezvous --listen [::]:8000
+// The text above is the `--help` (clap prints it as written), not rustdoc.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Debug, Parser)]
 #[command(version, max_term_width = 100)]
 pub struct Args {

@@ -9,7 +9,7 @@
 //! | id | type | derived as |
 //! |---|---|---|
 //! | node id (UNL, `P2P/1 IAM`) | [`unl::NodeId`](crate::unl::NodeId), 20 printable bytes | the first 100 bits of `SHA-256("p2p node id v1" 0x00 ‖ public key)` in lowercase base32 (`a-z2-7`), 20 characters |
-//! | mailbox name (dht-msg) | [`mailbox::NodeId`](crate::mailbox::NodeId) | the lowercase hex of the node id's 20 bytes, 40 characters, as PyP2P names mailboxes ([`NodeId::mailbox_id`](crate::unl::NodeId::mailbox_id)) |
+//! | mailbox name (dht-msg) | [`crate::mailbox::NodeId`] | the lowercase hex of the node id's 20 bytes, 40 characters, as PyP2P names mailboxes ([`NodeId::mailbox_id`](crate::unl::NodeId::mailbox_id)) |
 //! | overlay peer id (`P2P/1 HELLO`) | [`overlay::PeerId`](crate::overlay::PeerId), u64 | the first 8 bytes (big-endian) of `SHA-256("p2p peer id v1" 0x00 ‖ node id's 20 bytes)` ([`peer_id_of`]) |
 //!
 //! The node id is printable so that it reads well in logs and on the command line and fits

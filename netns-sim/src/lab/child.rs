@@ -58,7 +58,7 @@ pub(super) fn reader_thread(
     })
 }
 
-/// A process running inside a lab host (see [`Lab::spawn`]). Killed and reaped on drop.
+/// A process running inside a lab host (see [`crate::Lab::spawn`]). Killed and reaped on drop.
 #[derive(Debug)]
 pub struct LabChild {
     pub(super) child: Child,

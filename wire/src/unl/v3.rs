@@ -29,7 +29,7 @@
 //! | each | endpoint | `4` + 4 bytes + port, `6` + 16 bytes + port, or `d` + name length (1..=[`MAX_HOST_BYTES`]) + name + port |
 //! | 1 | mailbox count | 0..=[`MAX_SERVERS`] |
 //! | each | endpoint | as above |
-//! | 64 | signature | Ed25519 by the key above, context [`Context::Unl`](crate::key::Context::Unl), over every byte before it |
+//! | 64 | signature | Ed25519 by the key above, context [`crate::key::Context::Unl`], over every byte before it |
 //!
 //! There is no checksum: the signature covers every byte before it and a changed signature
 //! does not verify, so any mistyped character is caught. The decoder caps the text length
