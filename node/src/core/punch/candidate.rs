@@ -66,9 +66,20 @@ impl Core {
     }
 
     /// Starts the punch try of connect `id`.
+    ///
+    /// A punch tried again on a relayed session (see `upgrade.rs`) never runs on our
+    /// registration: its port would give the same pair of addresses and ports as the punch
+    /// that failed, and the NATs on the path still track that one (a Linux NAT keeps an
+    /// unanswered SYN's entry for 2 minutes, with the old sequence numbers, and drops the new
+    /// handshake's packets as invalid). A fresh session port is a fresh pair.
     pub(in crate::core) fn start_punch(&mut self, now: Instant, id: ConnectId) {
         let deadline = now + self.config.punch_timeout;
-        let registration = self.registration_for_candidacy();
+        let retry = self.attempts.get(&id).is_some_and(|a| a.retry > 0);
+        let registration = if retry {
+            None
+        } else {
+            self.registration_for_candidacy()
+        };
         let server = match registration {
             Some(_) => self.registration_server(),
             None => self.config.rendezvous[self.preferred % self.config.rendezvous.len()],
