@@ -455,10 +455,13 @@ fn a_yes_for_the_port_as_it_is_after_a_mapping_of_it_counts_for_the_mapping() {
     actions(&mut p);
     // The first check's dial-back was let in by the new mapping (its SYN was retried).
     p.handle_check(ms(t0, 1010), direct, Ok(true));
-    let r = p.report().unwrap();
+    let r = p.report().unwrap().clone();
     assert_eq!(r.forwarding, Some(Forwarding::Upnp));
     assert_eq!(r.mapping, Some(mapping(Protocol::Upnp, PORT)));
     assert!(unmaps(&actions(&mut p)).is_empty());
+    // The report says so: the mapping's check, not "reachable without a mapping".
+    let check = step(&r, Method::Upnp, "check");
+    assert!(check.detail.contains("through the mapping"), "{check:?}");
 }
 
 #[test]

@@ -116,14 +116,21 @@ impl Probe {
                     (None, Some(_)) => Forwarding::Manual,
                     (None, None) => Forwarding::Forwarded,
                 };
-                self.step(
-                    Method::Manual,
-                    "check",
-                    since,
-                    now,
-                    Outcome::Ok,
-                    format!("port {port} ({as_is}) reachable from outside"),
-                );
+                // Reported as that mapping's check when there is one (the check raced it).
+                let (method, detail) = match made {
+                    Some(m) => (
+                        m.protocol.method(),
+                        format!(
+                            "port {port} reachable from outside through the mapping (made \
+                             while the check of the port as it is ran)"
+                        ),
+                    ),
+                    None => (
+                        Method::Manual,
+                        format!("port {port} ({as_is}) reachable from outside"),
+                    ),
+                };
+                self.step(method, "check", since, now, Outcome::Ok, detail);
                 if self.proof.is_none() {
                     self.proof = Some(Proof {
                         forwarding,
