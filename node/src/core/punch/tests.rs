@@ -753,3 +753,71 @@ fn a_relayed_connection_whose_punch_missed_punches_again_with_backoff() {
             .any(|o| matches!(o, Output::SessionOpen { .. }))
     );
 }
+
+/// A registered simultaneous node behind a port-keeping NAT punches on its registration (from
+/// its listening port). When that punch missed and the relay carries the connection, the punch
+/// tried again runs on a fresh session port instead: the failed pair of addresses and ports is
+/// still tracked by the NATs (an unanswered SYN's entry, with its sequence numbers), which
+/// would drop the new handshake as invalid.
+#[test]
+fn a_punch_tried_again_takes_a_fresh_port_not_the_registrations() {
+    let now = Instant::now();
+    let alice = core(1, Role::Simultaneous);
+    let alice_unl = unl_of(&alice, NodeType::Simultaneous, "192.0.2.1", 4000);
+    let mut bob = core(2, Role::Simultaneous);
+    bob.set_local_unl(unl_of(&bob, NodeType::Simultaneous, "198.51.100.2", 4000));
+    bob.set_nat_mapping(NatMapping::Preserving);
+    bob.enable_mailbox(now, addr(MAILBOX));
+    drain(&mut bob);
+    crate::core::mailbox::register_for_test(&mut bob, now);
+    drain(&mut bob);
+    let registration = registered(&mut bob, now);
+    bob.connect_unl(now, alice_unl);
+    let out = drain(&mut bob);
+    // The first punch: the candidacy on the registration, the dial from port 4000.
+    assert!(!out.iter().any(|o| matches!(o, Output::SessionOpen { .. })));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::SessionSend { session, line } if *session == registration
+            && line.starts_with("CANDIDATE ")
+    )));
+    assert!(
+        punch_dials(&out)
+            .iter()
+            .all(|(_, from, _, _)| *from == 4000)
+    );
+    bob.handle_session_line(now, 1000.0, registration, "PREDICTION SET");
+    drain(&mut bob);
+    // No FIGHT; the relay starts and wins.
+    let mut t = now;
+    let (relay, request) = loop {
+        t += Duration::from_millis(100);
+        bob.handle_timeout(t);
+        let out = drain(&mut bob);
+        if out.iter().any(|o| matches!(o, Output::RelayDial { .. })) {
+            break relay_started(&out);
+        }
+        assert!(t < now + Duration::from_secs(3), "no relay");
+    };
+    assert!(bob.handle_relay_open(t, relay, ConnId(9), addr(RENDEZVOUS), None));
+    drain(&mut bob);
+    let iam = Control::Iam {
+        node: alice.node_id(),
+        nonce: Some(request.nonce),
+    };
+    bob.handle_line(t, ConnId(9), &iam.to_string());
+    assert_eq!(
+        outcome(&drain(&mut bob)).and_then(|o| o.method),
+        Some(Method::Relay)
+    );
+    // The punch gives up at 3 s; 1 s later it is tried again, from a fresh port.
+    bob.handle_timeout(now + Duration::from_secs(3));
+    drain(&mut bob);
+    bob.handle_timeout(now + Duration::from_secs(4));
+    let out = drain(&mut bob);
+    assert_eq!(opened(&out).1, Some(0), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(
+        o,
+        Output::SessionSend { session, .. } if *session == registration
+    )));
+}
