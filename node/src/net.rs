@@ -60,8 +60,9 @@
 //!
 //! Beside them, data modules that know nothing of `Net`: `connection` ([`Connection`]),
 //! `error` ([`NetError`], [`SendError`]), `outcomes` ([`BootstrapReport`], [`NatReport`]),
-//! `inflight` (dials, punch dials, rendezvous requests) and `links` (line links to servers,
-//! reusable sockets). Imports go one way: this file imports only the data modules; the
+//! `inflight` (dials, punch dials, rendezvous requests), `links` (line links to servers,
+//! reusable sockets) and `settings` (the core's settings from [`Config`], server names
+//! resolved). Imports go one way: this file imports only the data modules; the
 //! behaviour modules import this file (for `Net`) and the data modules, never each other.
 
 use std::collections::{HashMap, VecDeque};
@@ -77,9 +78,8 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Role};
 use crate::connect::ConnectId;
-use crate::core::{ConnId, Core, CoreConfig, Event, RelayId, SessionId};
+use crate::core::{ConnId, Core, Event, RelayId, SessionId};
 use wire::overlay::{MessageId, PeerId};
-use wire::rendezvous::NodeType;
 use wire::unl::v3::AnyUnl;
 use wire::unl::{Forwarding, NatType, Unl};
 
@@ -100,9 +100,12 @@ mod peers;
 mod reachability;
 mod relay;
 mod sessions;
+mod settings;
 mod switch;
 mod target;
 mod turn;
+
+use settings::{core_config, resolve};
 
 pub use connection::{Connection, Received};
 pub use error::{NetError, SendError};
@@ -542,60 +545,4 @@ impl<'a> IntoIterator for &'a mut Net {
     fn into_iter(self) -> Self::IntoIter {
         self.iter_mut()
     }
-}
-
-/// The core's settings from the node's (the listening port comes at start).
-fn core_config(config: &Config, servers: &[SocketAddr]) -> CoreConfig {
-    let seed = config.seed.unwrap_or_else(rand::random);
-    CoreConfig {
-        node_type: match config.node_type {
-            Role::Passive => NodeType::Passive,
-            // Until it has chosen, an auto node claims nothing.
-            Role::Active | Role::Auto => NodeType::Active,
-            Role::Simultaneous => NodeType::Simultaneous,
-        },
-        listen_port: 0,
-        public_port: config.external_port,
-        rendezvous: servers.to_vec(),
-        max_inbound: config.max_inbound,
-        max_inbound_per_ip: config.max_inbound_per_ip,
-        max_outbound: config.max_outbound,
-        bootstrap_count: config.bootstrap_count,
-        rebootstrap_interval: config.rebootstrap_interval,
-        alone_rebootstrap_delay: config.alone_rebootstrap_delay,
-        readvertise_interval: config.readvertise_interval,
-        broadcast_ttl: config.broadcast_ttl,
-        seen_capacity: config.seen_capacity,
-        seen_lifetime: config.seen_lifetime,
-        seed,
-        identity: Some(
-            config
-                .identity
-                .clone()
-                .unwrap_or_else(|| match config.seed {
-                    Some(seed) => crate::identity::Identity::from_seed(seed),
-                    None => crate::identity::Identity::ephemeral(),
-                }),
-        ),
-        unl_connect_timeout: config.unl_connect_timeout,
-        max_reverse_per_minute: config.max_reverse_per_minute,
-        max_punch_per_minute: config.max_punch_per_minute,
-        keepalive: config.keepalive,
-        max_punch_sockets: config.max_punch_sockets,
-        upgrade_retries: config.upgrade_retries,
-        plaintext_dials: config.plaintext_dials,
-        ..CoreConfig::default()
-    }
-}
-
-fn resolve(what: &'static str, name: &str) -> Result<SocketAddr, NetError> {
-    let err = |reason: String| NetError::ResolveServer {
-        what,
-        name: name.to_owned(),
-        reason,
-    };
-    name.to_socket_addrs()
-        .map_err(|e| err(e.to_string()))?
-        .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| err("no IPv4 address".to_owned()))
 }
