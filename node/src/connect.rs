@@ -113,6 +113,36 @@ pub struct Try {
     pub result: TryResult,
 }
 
+impl Try {
+    /// A try that will start later (when its wave comes).
+    pub(crate) fn planned(method: Method) -> Try {
+        Try {
+            method,
+            addr: None,
+            started_ms: None,
+            ended_ms: None,
+            result: TryResult::Pending,
+        }
+    }
+
+    /// A try that starts with the connect: a dial to `addr`.
+    pub(crate) fn dialing(method: Method, addr: SocketAddr) -> Try {
+        Try {
+            addr: Some(addr),
+            started_ms: Some(0),
+            ..Try::planned(method)
+        }
+    }
+
+    /// A try not made, and why.
+    pub(crate) fn skipped(method: Method, why: &str) -> Try {
+        Try {
+            result: TryResult::Skipped(why.to_owned()),
+            ..Try::planned(method)
+        }
+    }
+}
+
 /// The outcome of a connect: the connection and the method that won, or why none did; and every
 /// try with its timings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::output::{Direction, Output};
 use super::state::{Attempt, V4Wave};
 use super::{Core, millis};
-use crate::connect::{Method, Try, TryResult};
+use crate::connect::{Method, Try};
 use crate::ids::ConnectId;
 use wire::mailbox::{self, Request};
 use wire::signal::RequestKind;
@@ -62,13 +62,7 @@ impl Core {
         let Some(theirs) = attempt.signed.as_ref().and_then(|u| self.their_ipv6(u)) else {
             return (dials, None);
         };
-        attempt.tries.push(Try {
-            method: Method::Ipv6,
-            addr: Some(theirs),
-            started_ms: Some(0),
-            ended_ms: None,
-            result: TryResult::Pending,
-        });
+        attempt.tries.push(Try::dialing(Method::Ipv6, theirs));
         for t in &mut attempt.tries {
             if dials.iter().any(|(_, a)| t.addr == Some(*a)) {
                 t.started_ms = None;
@@ -145,15 +139,6 @@ impl Core {
         if wave.punch {
             self.start_punch(now, id);
         }
-    }
-
-    /// Whether any try of `id` has started and not ended.
-    pub(super) fn tries_running(&self, id: ConnectId) -> bool {
-        self.attempts.get(&id).is_some_and(|a| {
-            a.tries
-                .iter()
-                .any(|t| t.result == TryResult::Pending && t.started_ms.is_some())
-        })
     }
 }
 

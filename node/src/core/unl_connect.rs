@@ -167,7 +167,7 @@ impl Core {
             .then(|| SocketAddr::from((target.lan_ip, target.port)));
         match lan {
             Some(addr) => dials.push((Method::Lan, addr)),
-            None => attempt.tries.push(skipped(
+            None => attempt.tries.push(Try::skipped(
                 Method::Lan,
                 if same_wan {
                     "their UNL has no LAN address and port"
@@ -181,17 +181,17 @@ impl Core {
         let direct_ok = target.node_type == NodeType::Passive
             || (target.node_type == NodeType::Simultaneous && no_nat);
         if !direct_ok {
-            attempt.tries.push(skipped(
+            attempt.tries.push(Try::skipped(
                 Method::Direct,
                 "they are not passive and are behind a NAT",
             ));
         } else if !has_address {
-            attempt.tries.push(skipped(
+            attempt.tries.push(Try::skipped(
                 Method::Direct,
                 "their UNL has no WAN address and port",
             ));
         } else if lan.is_some() {
-            attempt.tries.push(skipped(
+            attempt.tries.push(Try::skipped(
                 Method::Direct,
                 "same WAN address: the LAN address is dialed instead",
             ));
@@ -202,24 +202,18 @@ impl Core {
             ));
         }
         for (method, addr) in &dials {
-            attempt.tries.push(Try {
-                method: *method,
-                addr: Some(*addr),
-                started_ms: Some(0),
-                ended_ms: None,
-                result: TryResult::Pending,
-            });
+            attempt.tries.push(Try::dialing(*method, *addr));
         }
         // Punch: at once to a node behind a NAT (nothing else can reach it directly); after
         // the direct dial's chance to a node without one.
         let mut second_wave = false;
         if let Some(why) = self.punch_blocker(&target) {
-            attempt.tries.push(skipped(Method::Punch, why));
+            attempt.tries.push(Try::skipped(Method::Punch, why));
         } else if dials.is_empty() {
-            attempt.tries.push(planned(Method::Punch));
+            attempt.tries.push(Try::planned(Method::Punch));
             attempt.punch_now = true;
         } else {
-            attempt.tries.push(planned(Method::Punch));
+            attempt.tries.push(Try::planned(Method::Punch));
             second_wave = true;
         }
         // Reverse: only a node whose port is established as reachable (passive) can ask.
@@ -234,9 +228,9 @@ impl Core {
                 None
             };
         if let Some(why) = reverse_blocker {
-            attempt.tries.push(skipped(Method::Reverse, why));
+            attempt.tries.push(Try::skipped(Method::Reverse, why));
         } else {
-            attempt.tries.push(planned(Method::Reverse));
+            attempt.tries.push(Try::planned(Method::Reverse));
             second_wave = true;
         }
         // An encrypted connection confirms one round trip between us (2r) later than a plain
@@ -274,9 +268,9 @@ impl Core {
             None
         };
         if let Some(why) = relay_blocker {
-            attempt.tries.push(skipped(Method::Relay, why));
+            attempt.tries.push(Try::skipped(Method::Relay, why));
         } else {
-            attempt.tries.push(planned(Method::Relay));
+            attempt.tries.push(Try::planned(Method::Relay));
             attempt.relay_planned = true;
             let head_start = self.relay_head_start(&attempt.target, r);
             let head_start = if head_start.is_zero() {
@@ -413,6 +407,15 @@ impl Core {
         }
     }
 
+    /// Whether any try of `id` has started and not ended.
+    fn tries_running(&self, id: ConnectId) -> bool {
+        self.attempts.get(&id).is_some_and(|a| {
+            a.tries
+                .iter()
+                .any(|t| t.result == TryResult::Pending && t.started_ms.is_some())
+        })
+    }
+
     /// A try of `id` ended badly. When nothing is left running, the reverse try starts at
     /// once (if it waits), else the connect fails.
     pub(super) fn try_failed(
@@ -542,25 +545,5 @@ impl Core {
         }
         self.out
             .push_back(Output::Event(Event::ConnectDone(outcome)));
-    }
-}
-
-fn planned(method: Method) -> Try {
-    Try {
-        method,
-        addr: None,
-        started_ms: None,
-        ended_ms: None,
-        result: TryResult::Pending,
-    }
-}
-
-fn skipped(method: Method, why: &str) -> Try {
-    Try {
-        method,
-        addr: None,
-        started_ms: None,
-        ended_ms: None,
-        result: TryResult::Skipped(why.to_owned()),
     }
 }

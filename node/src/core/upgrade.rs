@@ -182,13 +182,7 @@ impl Core {
             a.session = Some(session);
             a.retry = r.retry;
             a.punch_now = true;
-            a.tries.push(Try {
-                method: Method::Punch,
-                addr: None,
-                started_ms: None,
-                ended_ms: None,
-                result: TryResult::Pending,
-            });
+            a.tries.push(Try::planned(Method::Punch));
             tracing::info!(%id, conn = %session, retry = r.retry,
                 "moving the relayed connection to a direct path: punching again");
             self.attempts.insert(id, a);
