@@ -79,12 +79,23 @@ impl Core {
         }
     }
 
-    fn connect_to(&mut self, now: Instant, target: Unl, signed: Option<UnlV3>) -> ConnectId {
+    /// A fresh connect id and its attempt at `target` (nothing planned yet), with a random
+    /// nonce and the connect's deadline.
+    pub(super) fn new_attempt(
+        &mut self,
+        now: Instant,
+        target: Unl,
+        signed: Option<UnlV3>,
+    ) -> (ConnectId, Attempt) {
         let id = ConnectId(self.next_attempt);
         self.next_attempt += 1;
         let nonce = Nonce(self.rng.random());
         let deadline = now + self.config.unl_connect_timeout;
-        let mut attempt = Attempt::new(target, signed, now, deadline, nonce);
+        (id, Attempt::new(target, signed, now, deadline, nonce))
+    }
+
+    fn connect_to(&mut self, now: Instant, target: Unl, signed: Option<UnlV3>) -> ConnectId {
+        let (id, mut attempt) = self.new_attempt(now, target, signed);
         if target.node_id == Some(self.node_id) {
             self.attempts.insert(id, attempt);
             self.finish(now, id, Err("that is this node's own UNL".to_owned()));

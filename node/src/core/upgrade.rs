@@ -16,12 +16,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use rand::Rng;
-use wire::overlay::Nonce;
-
 use super::config::UPGRADE_RETRY_FIRST;
 use super::output::{Event, Output};
-use super::state::{Attempt, UpgradeRetry};
+use super::state::UpgradeRetry;
 use super::{Core, millis};
 use crate::connect::{ConnectOutcome, Method, Try, TryResult};
 use crate::ids::{ConnId, ConnectId};
@@ -174,14 +171,9 @@ impl Core {
             if !live || self.punch_blocker(&r.target).is_some() {
                 continue;
             }
-            let id = ConnectId(self.next_attempt);
-            self.next_attempt += 1;
-            let nonce = Nonce(self.rng.random());
-            let deadline = now + self.config.unl_connect_timeout;
-            let mut a = Attempt::new(r.target, r.signed, now, deadline, nonce);
+            let (id, mut a) = self.new_attempt(now, r.target, r.signed);
             a.session = Some(session);
             a.retry = r.retry;
-            a.punch_now = true;
             a.tries.push(Try::planned(Method::Punch));
             tracing::info!(%id, conn = %session, retry = r.retry,
                 "moving the relayed connection to a direct path: punching again");
