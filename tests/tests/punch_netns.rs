@@ -69,7 +69,12 @@ fn pair(spec: PairSpec, method: &str, runs: usize) {
         );
         if got.as_deref() != Some(method) {
             relayed += 1;
-            eprintln!("{} run {run}: relayed under loss: {line}", spec.name());
+            eprintln!(
+                "{} run {run}: relayed under loss: {line}\nbob: {}\nalice: {}",
+                spec.name(),
+                bob.stderr(),
+                lab.alice.stderr()
+            );
         }
         times.push(us);
         lab.exchange_tagged(&mut bob, &format!("run {run}"));

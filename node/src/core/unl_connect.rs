@@ -313,6 +313,37 @@ impl Core {
         }
     }
 
+    /// The punch of connect `id` dials at `meeting` (its `FIGHT` came): the relay's head start
+    /// counts from there when that is later than planned. [`Core::relay_head_start`] assumes
+    /// the punch's SYNs go out about `2r` after the connect started; when the signalling took
+    /// longer (a node whose NAT steps its ports probes its counter first, a signalling segment
+    /// was lost), the relay would start before a lost SYN's retransmission could land, and one
+    /// lost packet would cost the direct path. So the relay waits for the round trip between
+    /// us (`2r`), the handshake's when encrypted, and one SYN retransmission after the meeting.
+    pub(super) fn relay_after_meeting(&mut self, now: Instant, id: ConnectId, meeting: Instant) {
+        let r = self.rtt_estimate();
+        let Some(a) = self.attempts.get_mut(&id) else {
+            return;
+        };
+        let Some(relay_at) = a.relay_at.filter(|t| a.relay_planned && *t > now) else {
+            return;
+        };
+        let handshake = if a.key().is_some() {
+            r * 2
+        } else {
+            Duration::ZERO
+        };
+        let due = meeting.max(now) + (r * 2).max(MIN_WAIT) + handshake + SYN_RETRANSMIT;
+        if due > relay_at {
+            tracing::debug!(
+                id = %id,
+                later_ms = millis(due - relay_at),
+                "relay waits for the punch's meeting and one SYN retransmission"
+            );
+            a.relay_at = Some(due.min(a.deadline));
+        }
+    }
+
     /// The timers of connects, for [`Core::poll_timeout`].
     pub(super) fn connect_next_timer(&self) -> Option<Instant> {
         self.attempts

@@ -325,7 +325,12 @@ impl Core {
         let at = meeting_instant(now, unix_now, ntp_time.secs());
         p.fought = true;
         p.meeting = Some(at);
-        if p.opened {
+        let opened = p.opened;
+        self.relay_after_meeting(now, id, at);
+        let Some(p) = self.attempts.get_mut(&id).and_then(|a| a.punch.as_mut()) else {
+            return;
+        };
+        if opened {
             // The eager dial is through already (waiting for their IAM): dial nothing more.
             return;
         }

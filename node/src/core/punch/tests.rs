@@ -408,6 +408,43 @@ fn a_punch_that_cannot_meet_falls_back_to_the_relay_which_needs_the_nonce() {
     );
 }
 
+/// The relay's head start counts from the punch's meeting when `FIGHT` comes late (the node
+/// probed its NAT's counter first, a signalling segment was lost): the punch keeps its round
+/// trip and one SYN retransmission, so one lost SYN does not cost the direct path.
+#[test]
+fn a_late_fight_holds_the_relay_until_the_meeting_plus_one_syn_retransmission() {
+    let now = Instant::now();
+    let alice = core(1, Role::Simultaneous);
+    let alice_unl = unl_of(&alice, NodeType::Simultaneous, "192.0.2.1", 4000);
+    let mut bob = bob(now, true);
+    bob.connect_unl(now, alice_unl);
+    let (session, _) = opened(&drain(&mut bob));
+    bob.handle_session_open(now, session, addr("192.168.2.2:6000"));
+    bob.handle_session_line(now, 1000.0, session, "REMOTE TCP 31337");
+    bob.handle_session_line(now, 1000.0, session, "PREDICTION SET");
+    drain(&mut bob);
+    // The relay was planned at 1400 ms (see above); FIGHT comes at 900 ms, meeting 20 ms on.
+    let t = now + Duration::from_millis(900);
+    bob.handle_session_line(t, 1000.9, session, "FIGHT 192.0.2.1 4000 TCP 1000.920000");
+    let meeting = punch_dials(&drain(&mut bob))[0].2;
+    // The meeting, the round trip between us (2r, r = 100 ms assumed) and one SYN
+    // retransmission (1 s).
+    let relay_at = meeting + Duration::from_millis(1200);
+    let relay_dialed = |out: &[Output]| out.iter().any(|o| matches!(o, Output::RelayDial { .. }));
+    for early in [
+        now + Duration::from_millis(1400),
+        relay_at - Duration::from_millis(1),
+    ] {
+        bob.handle_timeout(early);
+        assert!(!relay_dialed(&drain(&mut bob)), "relay started early");
+    }
+    bob.handle_timeout(relay_at);
+    assert!(
+        relay_dialed(&drain(&mut bob)),
+        "no relay at the meeting + 2r + 1 s"
+    );
+}
+
 #[test]
 fn a_relayed_connect_wins_with_the_nonce() {
     let now = Instant::now();
