@@ -433,7 +433,7 @@ fn a_late_fight_holds_the_relay_until_the_meeting_plus_one_syn_retransmission() 
     let relay_dialed = |out: &[Output]| out.iter().any(|o| matches!(o, Output::RelayDial { .. }));
     for early in [
         now + Duration::from_millis(1400),
-        relay_at - Duration::from_millis(1),
+        meeting + Duration::from_millis(1199),
     ] {
         bob.handle_timeout(early);
         assert!(!relay_dialed(&drain(&mut bob)), "relay started early");
