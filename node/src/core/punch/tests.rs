@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::super::{ConnId, Core, CoreConfig, Direction, Event, Output, RelayId, SessionId};
 use crate::connect::{ConnectOutcome, Method, RelayRequest, TryResult};
+use crate::ids::ConnectId;
 use wire::nat::NatMapping;
 use wire::overlay::{Control, Nonce};
 use wire::punch::{meeting_delay, relay_token};
@@ -277,6 +278,22 @@ fn bob(now: Instant, mailbox: bool) -> Core {
     bob
 }
 
+/// bob (active, with a mailbox) connects to alice (simultaneous, 192.0.2.1:4000) at `now`,
+/// and the rendezvous has his candidacy (`PREDICTION SET`): the punch waits for `FIGHT`.
+/// Returns alice, bob, the connect and the candidacy session.
+fn candidacy_set(now: Instant) -> (Core, Core, ConnectId, SessionId) {
+    let alice = core(1, Role::Simultaneous);
+    let alice_unl = unl_of(&alice, NodeType::Simultaneous, "192.0.2.1", 4000);
+    let mut bob = bob(now, true);
+    let id = bob.connect_unl(now, alice_unl);
+    let (session, _) = opened(&drain(&mut bob));
+    bob.handle_session_open(now, session, addr("192.168.2.2:6000"));
+    bob.handle_session_line(now, 1000.0, session, "REMOTE TCP 31337");
+    bob.handle_session_line(now, 1000.0, session, "PREDICTION SET");
+    drain(&mut bob);
+    (alice, bob, id, session)
+}
+
 #[test]
 fn a_punch_goes_candidacy_fight_dial_at_the_meeting_and_wins_on_the_nodes_iam() {
     let now = Instant::now();
@@ -331,15 +348,7 @@ fn a_punch_goes_candidacy_fight_dial_at_the_meeting_and_wins_on_the_nodes_iam() 
 #[test]
 fn a_punch_that_cannot_meet_falls_back_to_the_relay_which_needs_the_nonce() {
     let now = Instant::now();
-    let alice = core(1, Role::Simultaneous);
-    let alice_unl = unl_of(&alice, NodeType::Simultaneous, "192.0.2.1", 4000);
-    let mut bob = bob(now, true);
-    let id = bob.connect_unl(now, alice_unl);
-    let (session, _) = opened(&drain(&mut bob));
-    bob.handle_session_open(now, session, addr("192.168.2.2:6000"));
-    bob.handle_session_line(now, 1000.0, session, "REMOTE TCP 31337");
-    bob.handle_session_line(now, 1000.0, session, "PREDICTION SET");
-    drain(&mut bob);
+    let (alice, mut bob, id, _) = candidacy_set(now);
     // No FIGHT. After the relay head start the relay starts beside the punch: a punch that
     // works confirms in about 4 round trips to the rendezvous (none measured here: 100 ms
     // assumed), plus one SYN retransmission (1 s).
@@ -414,15 +423,7 @@ fn a_punch_that_cannot_meet_falls_back_to_the_relay_which_needs_the_nonce() {
 #[test]
 fn a_late_fight_holds_the_relay_until_the_meeting_plus_one_syn_retransmission() {
     let now = Instant::now();
-    let alice = core(1, Role::Simultaneous);
-    let alice_unl = unl_of(&alice, NodeType::Simultaneous, "192.0.2.1", 4000);
-    let mut bob = bob(now, true);
-    bob.connect_unl(now, alice_unl);
-    let (session, _) = opened(&drain(&mut bob));
-    bob.handle_session_open(now, session, addr("192.168.2.2:6000"));
-    bob.handle_session_line(now, 1000.0, session, "REMOTE TCP 31337");
-    bob.handle_session_line(now, 1000.0, session, "PREDICTION SET");
-    drain(&mut bob);
+    let (_, mut bob, _, session) = candidacy_set(now);
     // The relay was planned at 1400 ms (see above); FIGHT comes at 900 ms, meeting 20 ms on.
     let t = now + Duration::from_millis(900);
     bob.handle_session_line(t, 1000.9, session, "FIGHT 192.0.2.1 4000 TCP 1000.920000");
