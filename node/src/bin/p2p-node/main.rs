@@ -347,32 +347,7 @@ fn run(args: &RunArgs) -> Result<()> {
     // Held (locked) until the node stops.
     let identity = args.identity.claim()?;
     let mut net = start_node(args, identity.identity.clone())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let waker = net.waker();
-    {
-        let stop = Arc::clone(&stop);
-        let waker = Arc::clone(&waker);
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                stop.store(true, Ordering::SeqCst);
-                let _ = waker.wake();
-            }
-        });
-    }
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-            let _ = waker.wake();
-        }
-    });
+    let (stop, rx) = signals_and_stdin(&net)?;
 
     let json = args.json;
     let show_events = args.show_events;
@@ -420,6 +395,38 @@ fn run(args: &RunArgs) -> Result<()> {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// Watches SIGINT/SIGTERM and stdin for a node's loop: a signal sets the returned flag, each
+/// stdin line arrives on the returned channel, and either wakes `net`'s loop.
+fn signals_and_stdin(net: &Net) -> Result<(Arc<AtomicBool>, mpsc::Receiver<String>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let waker = net.waker();
+    {
+        let stop = Arc::clone(&stop);
+        let waker = Arc::clone(&waker);
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                stop.store(true, Ordering::SeqCst);
+                let _ = waker.wake();
+            }
+        });
+    }
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+            let _ = waker.wake();
+        }
+    });
+    Ok((stop, rx))
 }
 
 fn print_event(out: &mut impl Write, event: &Event, json: bool) {

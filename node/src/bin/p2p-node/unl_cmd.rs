@@ -1,12 +1,10 @@
 //! `p2p-node unl` and `p2p-node connect`.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -18,6 +16,7 @@ use node::{Config, Net};
 use tracing::info;
 
 use crate::flags::{IdentityFlags, ReachFlags, ServerFlags};
+use crate::signals_and_stdin;
 
 #[derive(Debug, Args)]
 pub(crate) struct UnlArgs {
@@ -279,32 +278,7 @@ fn print_outcome(outcome: &ConnectOutcome, json: bool) {
 /// Stdin lines to the peer, the peer's lines to stdout, until the connection closes or a
 /// signal arrives.
 fn exchange_lines(net: &mut Net, conn: node::core::ConnId, json: bool) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let waker = net.waker();
-    {
-        let stop = Arc::clone(&stop);
-        let waker = Arc::clone(&waker);
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                stop.store(true, Ordering::SeqCst);
-                let _ = waker.wake();
-            }
-        });
-    }
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-            let _ = waker.wake();
-        }
-    });
+    let (stop, rx) = signals_and_stdin(net)?;
     let mut closed = None;
     net.run(|net| {
         let mut out = std::io::stdout().lock();
