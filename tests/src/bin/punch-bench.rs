@@ -195,9 +195,17 @@ fn matrix_line(lab: &PairLab, spec: PairSpec, method: &str, kind: &str, runs: us
             eprintln!("{}: {}", spec.name(), outcome.line);
         }
     }
-    times.sort_unstable();
     #[allow(clippy::cast_precision_loss)]
     let ms = |us: u64| us as f64 / 1000.0;
+    // Every sample on stderr, in run order: a slow tail shows whether it is one lost packet,
+    // the norm, or a drift over the runs.
+    let each: Vec<String> = times.iter().map(|us| format!("{:.0}", ms(*us))).collect();
+    eprintln!(
+        "{} {kind}: each ms in run order {}",
+        spec.name(),
+        each.join(" ")
+    );
+    times.sort_unstable();
     let rtt = lab.rtt.as_secs_f64() * 1000.0;
     let p50 = ms(percentile(&times, 0.5));
     let ratio = if rtt > 0.0 {
