@@ -185,6 +185,19 @@ fn matrix_line(lab: &PairLab, spec: PairSpec, method: &str, kind: &str, runs: us
     let mut times = Vec::new();
     let mut ok = 0;
     let mut others = Vec::new();
+    // alice's refusals of challenges and of reverse/relay requests (her per-sender budgets,
+    // ...), counted from her log: "why" of each.
+    let refused = || -> Vec<String> {
+        lab.alice
+            .stderr()
+            .lines()
+            .filter(|l| {
+                l.contains("challenge refused") || l.contains("reverse-connect request refused")
+            })
+            .map(|l| l.split("why=").nth(1).unwrap_or("?").to_owned())
+            .collect()
+    };
+    let refused_before = refused().len();
     for _ in 0..runs {
         let (_bob, outcome) = lab.connect(&["--no-stdin"]);
         if outcome.connected && outcome.method.as_deref() == Some(method) {
@@ -205,6 +218,14 @@ fn matrix_line(lab: &PairLab, spec: PairSpec, method: &str, kind: &str, runs: us
         spec.name(),
         each.join(" ")
     );
+    let refused = refused().split_off(refused_before);
+    if let Some(why) = refused.first() {
+        eprintln!(
+            "{} {kind}: alice refused {} challenges or requests, the first: {why}",
+            spec.name(),
+            refused.len()
+        );
+    }
     times.sort_unstable();
     let rtt = lab.rtt.as_secs_f64() * 1000.0;
     let p50 = ms(percentile(&times, 0.5));
