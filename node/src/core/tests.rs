@@ -7,7 +7,8 @@ use crate::connect::ConnectOutcome;
 use wire::overlay::Control;
 use wire::rendezvous::Response;
 
-fn addr(s: &str) -> SocketAddr {
+/// `s` parsed (the tests of the core's modules share it).
+pub(super) fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
@@ -23,7 +24,8 @@ fn core(seed: u64) -> Core {
     })
 }
 
-fn drain(c: &mut Core) -> Vec<Output> {
+/// Every output the core has queued (the tests of the core's modules share it).
+pub(super) fn drain(c: &mut Core) -> Vec<Output> {
     std::iter::from_fn(|| c.poll_output()).collect()
 }
 

@@ -3,10 +3,10 @@
 //! key on the connection), and refuses forged, wrongly signed, replayed, stale, misaddressed
 //! and excess ones with the reason and what the check found.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::super::{Core, CoreConfig, Event, Output, RequestCheck, Security};
+use crate::core::tests::{addr, drain};
 use crate::identity::Identity;
 use wire::overlay::Nonce;
 use wire::rendezvous::NodeType;
@@ -17,14 +17,6 @@ const MAILBOX: &str = "10.0.0.5:8090";
 const RENDEZVOUS: &str = "10.0.0.1:8000";
 /// The wall clock at the tests' `now` (Unix milliseconds).
 const T0_MS: u64 = 1_700_000_000_000;
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn drain(c: &mut Core) -> Vec<Output> {
-    std::iter::from_fn(|| c.poll_output()).collect()
-}
 
 fn unl(id: &Identity, ip: &str) -> UnlV3 {
     let mut body = UnlBody::new(T0_MS);

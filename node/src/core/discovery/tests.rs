@@ -9,6 +9,7 @@ use super::super::{
     ConnId, Core, CoreConfig, Direction, Event, Output, QueryReply, Security, SessionId,
 };
 use crate::connect::{ConnectOutcome, Method};
+use crate::core::tests::{addr, drain};
 use wire::nat::NatMapping;
 use wire::overlay::Control;
 use wire::rendezvous::NodeType;
@@ -16,10 +17,6 @@ use wire::unl::{Forwarding, NatType, Unl};
 
 const RENDEZVOUS: &str = "10.0.0.1:8000";
 const MAILBOX: &str = "10.0.0.50:8090";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 fn auto_core(seed: u64) -> Core {
     Core::new(CoreConfig {
@@ -29,10 +26,6 @@ fn auto_core(seed: u64) -> Core {
         rendezvous: vec![addr(RENDEZVOUS)],
         ..CoreConfig::default()
     })
-}
-
-fn drain(c: &mut Core) -> Vec<Output> {
-    std::iter::from_fn(|| c.poll_output()).collect()
 }
 
 fn events(out: &[Output]) -> Vec<Event> {

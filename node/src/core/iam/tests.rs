@@ -2,19 +2,15 @@
 //! key), and the checks that tie `IAM`, `HELLO`, connects and path moves to the key a
 //! connection's handshake proved.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::super::{ConnId, Core, CoreConfig, Direction, Event, Output, Security};
 use crate::connect::TryResult;
+use crate::core::tests::{addr, drain};
 use crate::identity::Identity;
 use wire::overlay::Control;
 use wire::rendezvous::NodeType;
 use wire::unl::v3::{AnyUnl, Scope, UnlAddr, UnlBody, UnlV3};
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 fn core(secret: u8, plaintext_dials: bool) -> Core {
     Core::new(CoreConfig {
@@ -25,10 +21,6 @@ fn core(secret: u8, plaintext_dials: bool) -> Core {
         plaintext_dials,
         ..CoreConfig::default()
     })
-}
-
-fn drain(c: &mut Core) -> Vec<Output> {
-    std::iter::from_fn(|| c.poll_output()).collect()
 }
 
 /// A passive node's signed UNL at `at`.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::IPV6_HEAD_START;
 use crate::connect::{ConnectOutcome, Method, TryResult};
+use crate::core::tests::{addr, drain};
 use crate::core::{ConnId, Core, CoreConfig, Direction, Event, Output, Security};
 use crate::identity::Identity;
 use wire::overlay::Control;
@@ -17,14 +18,6 @@ use wire::unl::v3::{AnyUnl, Scope, UnlAddr, UnlBody, UnlV3};
 const MAILBOX: &str = "10.0.0.5:8090";
 const RENDEZVOUS: &str = "10.0.0.1:8000";
 const T0_MS: u64 = 1_700_000_000_000;
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn drain(c: &mut Core) -> Vec<Output> {
-    std::iter::from_fn(|| c.poll_output()).collect()
-}
 
 /// A signed UNL: `role`, IPv4 `v4` (WAN and LAN) and, when given, IPv6 `v6`, port 4000.
 fn unl(id: &Identity, role: NodeType, v4: &str, v6: Option<&str>) -> UnlV3 {

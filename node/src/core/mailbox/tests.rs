@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::super::output::{Event, Output};
 use super::super::{Core, CoreConfig};
+use crate::core::tests::drain;
 use wire::mailbox::{Reply, Request};
 use wire::overlay::Nonce;
 use wire::signal::RegisterChallenge;
@@ -16,10 +17,6 @@ fn core() -> Core {
         seed: 11,
         ..CoreConfig::default()
     })
-}
-
-fn drain(c: &mut Core) -> Vec<Output> {
-    std::iter::from_fn(|| c.poll_output()).collect()
 }
 
 /// The lines sent to the mailbox server.

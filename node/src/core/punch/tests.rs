@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::super::{ConnId, Core, CoreConfig, Direction, Event, Output, RelayId, SessionId};
 use crate::connect::{ConnectOutcome, Method, RelayRequest, TryResult};
+use crate::core::tests::{addr, drain};
 use crate::ids::ConnectId;
 use wire::nat::NatMapping;
 use wire::overlay::{Control, Nonce};
@@ -18,10 +19,6 @@ use wire::unl::{Forwarding, NatType, NodeType, Unl};
 const RENDEZVOUS: &str = "10.0.0.1:8000";
 const MAILBOX: &str = "10.0.0.50:8090";
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
 fn core(seed: u64, role: Role) -> Core {
     Core::new(CoreConfig {
         seed,
@@ -31,10 +28,6 @@ fn core(seed: u64, role: Role) -> Core {
         max_punch_per_minute: 2,
         ..CoreConfig::default()
     })
-}
-
-fn drain(c: &mut Core) -> Vec<Output> {
-    std::iter::from_fn(|| c.poll_output()).collect()
 }
 
 fn unl_of(c: &Core, node_type: NodeType, ip: &str, port: u16) -> Unl {

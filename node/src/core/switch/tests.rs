@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::super::{ConnId, Core, CoreConfig, Direction, Event, Output};
+use crate::core::tests::addr;
 use wire::overlay::Control;
 use wire::rendezvous::NodeType;
 
@@ -50,10 +51,6 @@ struct Harness {
 
 const RELAYED: ConnId = ConnId(1);
 const DIRECT: ConnId = ConnId(2);
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 impl Harness {
     fn new(seed: u64) -> Harness {
