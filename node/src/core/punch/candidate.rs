@@ -325,37 +325,33 @@ impl Core {
         let at = meeting_instant(now, unix_now, ntp_time.secs());
         p.fought = true;
         p.meeting = Some(at);
-        let opened = p.opened;
-        self.relay_after_meeting(now, id, at);
-        let Some(p) = self.attempts.get_mut(&id).and_then(|a| a.punch.as_mut()) else {
-            return;
-        };
-        if opened {
-            // The eager dial is through already (waiting for their IAM): dial nothing more.
-            return;
-        }
-        let fight: Vec<SocketAddr> = ports.iter().map(|q| SocketAddr::new(node_ip, *q)).collect();
-        p.pending = fight.len();
-        p.fight.clone_from(&fight);
-        for addr in &fight {
-            if !p.dials.contains(addr) {
-                p.dials.push(*addr);
+        // Unless the eager dial is through already (waiting for their IAM): dial every port.
+        if !p.opened {
+            let fight: Vec<SocketAddr> =
+                ports.iter().map(|q| SocketAddr::new(node_ip, *q)).collect();
+            p.pending = fight.len();
+            p.fight.clone_from(&fight);
+            for addr in &fight {
+                if !p.dials.contains(addr) {
+                    p.dials.push(*addr);
+                }
+            }
+            // The meeting plus the dial timeout bounds the try now.
+            p.deadline = Some(at + PUNCH_DIAL_TIMEOUT + Duration::from_millis(100));
+            for addr in fight {
+                self.attempt_dials.insert(addr, id);
+                self.out.push_back(Output::PunchDial {
+                    addr,
+                    from_port,
+                    at,
+                    timeout: PUNCH_DIAL_TIMEOUT,
+                    direction: Direction::Outbound,
+                    fresh: false,
+                    security: self.dial_security(addr),
+                });
             }
         }
-        // The meeting plus the dial timeout bounds the try now.
-        p.deadline = Some(at + PUNCH_DIAL_TIMEOUT + Duration::from_millis(100));
-        for addr in fight {
-            self.attempt_dials.insert(addr, id);
-            self.out.push_back(Output::PunchDial {
-                addr,
-                from_port,
-                at,
-                timeout: PUNCH_DIAL_TIMEOUT,
-                direction: Direction::Outbound,
-                fresh: false,
-                security: self.dial_security(addr),
-            });
-        }
+        self.relay_after_meeting(now, id, at);
     }
 
     /// A dial of connect `id` to `addr` opened: if it is a punch dial, the other punch dials
